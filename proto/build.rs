@@ -28,7 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=fabric");
     println!("cargo:rerun-if-changed=ehr");
     let includes = [root.join("fabric"), root.join("ehr")];
-    let includes: Vec<&Path> = includes.iter().map(|p| p.as_path()).filter(|p| p.is_dir()).collect();
+    let includes: Vec<&Path> = includes
+        .iter()
+        .map(|p| p.as_path())
+        .filter(|p| p.is_dir())
+        .collect();
     let fds = protox::compile(&files, &includes)?;
     tonic_prost_build::configure()
         .build_server(true)

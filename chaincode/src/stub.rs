@@ -73,8 +73,12 @@ pub trait Stub {
     /// Keys in `[start, end)` in byte order; `end == ""` means unbounded.
     /// Returns at most `limit` entries when given (the host closes its
     /// iterator either way).
-    fn get_state_by_range(&mut self, start: &str, end: &str, limit: Option<u32>)
-    -> StubResult<Vec<Kv>>;
+    fn get_state_by_range(
+        &mut self,
+        start: &str,
+        end: &str,
+        limit: Option<u32>,
+    ) -> StubResult<Vec<Kv>>;
     fn get_history_for_key(&mut self, key: &str) -> StubResult<Vec<KeyModification>>;
 
     fn get_private_data(&mut self, collection: &str, key: &str) -> StubResult<Option<Vec<u8>>>;
