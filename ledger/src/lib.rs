@@ -1,2 +1,5 @@
-//! The embedded single-node ledger ("devnet peer"). Filled by the issue
-//! "Run the chaincode on Fabric".
+//! The embedded single-node ledger ("devnet peer + orderer") and the Fabric
+//! Gateway client.
+
+pub mod hash;
+pub mod msp;
