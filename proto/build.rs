@@ -34,9 +34,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|p| p.is_dir())
         .collect();
     let fds = protox::compile(&files, &includes)?;
+    // No `XClient::connect(addr)` constructors: Fabric's `Chaincode` service has
+    // an rpc named `Connect`, whose client method would clash with it. Make
+    // clients with `XClient::new(channel)` instead.
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .build_transport(false)
+        // Maps (ChaincodeInput.decorations, TransientMap) as BTreeMap so that
+        // encoding is deterministic: same message, same bytes.
+        .btree_map(".")
         .compile_fds(fds)?;
     Ok(())
 }
