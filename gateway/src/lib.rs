@@ -1,1 +1,10 @@
-//! The hospital gateway.
+//! The hospital gateway: REST API, JWT auth, file encryption, persistence and
+//! the `ehr` command line.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod fsutil;

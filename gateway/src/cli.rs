@@ -1,0 +1,189 @@
+//! The `ehr` command line (clap derive). Every option can also come from an
+//! environment variable (shown in `--help`) or from the TOML file given by
+//! `--config`; flags beat env, env beats the file, the file beats defaults.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ehrchain: health records with consent on a Fabric ledger and encrypted
+/// files in IPFS.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ehr",
+    version,
+    about,
+    long_about = "ehrchain: health records with consent on a Hyperledger Fabric ledger and \
+                  encrypted files in IPFS.\n\n\
+                  `ehr up` starts a whole consortium on this machine (devnet ledger with three \
+                  hospital orgs and the chaincode, an embedded blob store, one REST gateway per \
+                  org). `ehr serve` runs one org's gateway against an existing ledger.\n\n\
+                  Settings come from flags, then environment variables, then the TOML file given \
+                  by --config (same names as the long flags, with '_' for '-'), then defaults."
+)]
+pub struct Cli {
+    /// TOML configuration file (keys: data_dir, bind, base_port, ledger_port, orgs,
+    /// database_url, ipfs_api_url, max_upload_bytes, chunk_size, token_ttl_secs,
+    /// token_leeway_secs, log_format, [oidc] issuer/audience/jwks_url).
+    #[arg(
+        long,
+        short = 'c',
+        env = "EHR_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "EHR_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a whole consortium on this machine: the devnet ledger with the chaincode, three
+    /// hospital orgs, an embedded blob store and one gateway per org, each on its own port.
+    /// State is kept in the data dir and survives restarts.
+    Up(UpArgs),
+}
+
+/// Settings shared by every gateway.
+#[derive(Debug, Clone, Args, Default)]
+pub struct GatewayArgs {
+    /// Directory for all state (databases, keys, ledger blocks, blobs). Created if missing.
+    #[arg(long, env = "EHR_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// PostgreSQL URL (postgres://…). When unset each gateway uses SQLite in its data dir.
+    /// With PostgreSQL each org gets its own schema in that database.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Kubo (IPFS) RPC API URL, e.g. http://127.0.0.1:5001. When unset, the embedded
+    /// blob store in the data dir is used.
+    #[arg(long, env = "IPFS_API_URL", value_name = "URL")]
+    pub ipfs_api_url: Option<String>,
+
+    /// Largest accepted upload in bytes; larger bodies get 413. Default 1 GiB.
+    #[arg(long, env = "EHR_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    pub max_upload_bytes: Option<u64>,
+
+    /// Plaintext chunk size of the file cipher in bytes (1024..=4194304). Default 65536.
+    #[arg(long, env = "EHR_CHUNK_SIZE", value_name = "BYTES")]
+    pub chunk_size: Option<u32>,
+
+    /// Lifetime of tokens from the built-in issuer, in seconds. Default 3600.
+    #[arg(long, env = "EHR_TOKEN_TTL_SECS", value_name = "SECS")]
+    pub token_ttl_secs: Option<u64>,
+
+    /// Clock skew tolerated on token exp/nbf, in seconds. Default 30.
+    #[arg(long, env = "EHR_TOKEN_LEEWAY_SECS", value_name = "SECS")]
+    pub token_leeway_secs: Option<u64>,
+
+    /// External OIDC issuer (`iss`). Setting it (with --oidc-audience and --oidc-jwks-url)
+    /// switches from the built-in issuer to validating the provider's tokens.
+    #[arg(long, env = "EHR_OIDC_ISSUER", value_name = "URL", requires_all = ["oidc_audience", "oidc_jwks_url"])]
+    pub oidc_issuer: Option<String>,
+
+    /// Expected `aud` of external tokens.
+    #[arg(long, env = "EHR_OIDC_AUDIENCE", value_name = "AUD")]
+    pub oidc_audience: Option<String>,
+
+    /// URL of the provider's JWKS (fetched and cached; refetched on an unknown `kid`).
+    #[arg(long, env = "EHR_OIDC_JWKS_URL", value_name = "URL")]
+    pub oidc_jwks_url: Option<String>,
+}
+
+/// `ehr up`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+
+    /// Seed demo users: per org an admin, a patient, a clinician (cardiology and
+    /// dermatology at hospital-b) and an auditor; passwords are printed.
+    #[arg(long, env = "EHR_DEMO")]
+    pub demo: bool,
+
+    /// Address to bind every listener to. Default 127.0.0.1.
+    #[arg(long, env = "EHR_BIND", value_name = "IP")]
+    pub bind: Option<IpAddr>,
+
+    /// Port of the first org's gateway; org i listens on base-port + i. Default 8081.
+    /// 0 picks free ports.
+    #[arg(long, env = "EHR_BASE_PORT", value_name = "PORT")]
+    pub base_port: Option<u16>,
+
+    /// Port of the devnet ledger's Fabric Gateway gRPC service. Default 7051; 0 picks one.
+    #[arg(long, env = "EHR_LEDGER_PORT", value_name = "PORT")]
+    pub ledger_port: Option<u16>,
+
+    /// Organisations of the consortium (repeat or comma-separate).
+    /// Default hospital-a,hospital-b,hospital-c.
+    #[arg(
+        long = "org",
+        env = "EHR_ORGS",
+        value_delimiter = ',',
+        value_name = "ORG"
+    )]
+    pub orgs: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_up_flags() {
+        let cli = Cli::try_parse_from([
+            "ehr",
+            "up",
+            "--demo",
+            "--base-port",
+            "9001",
+            "--org",
+            "a,b",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Command::Up(up) = cli.command;
+        assert!(up.demo);
+        assert_eq!(up.base_port, Some(9001));
+        assert_eq!(up.orgs, ["a", "b"]);
+        assert_eq!(up.gateway.data_dir, Some(PathBuf::from("/tmp/x")));
+        assert!(Cli::try_parse_from(["ehr", "up", "--base-port", "x"]).is_err());
+        // OIDC needs all three settings.
+        assert!(Cli::try_parse_from(["ehr", "up", "--oidc-issuer", "https://i"]).is_err());
+    }
+
+    #[test]
+    fn help_explains_each_option() {
+        let mut cmd = Cli::command();
+        let up = cmd.find_subcommand_mut("up").unwrap();
+        for arg in up.get_arguments() {
+            if arg.get_id() == "help" || arg.get_id() == "version" {
+                continue;
+            }
+            assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+        }
+    }
+}
