@@ -3,3 +3,4 @@
 
 pub mod hash;
 pub mod msp;
+pub mod store;
