@@ -3,4 +3,6 @@
 
 pub mod hash;
 pub mod msp;
+pub mod simulator;
+pub mod state;
 pub mod store;
