@@ -5,6 +5,7 @@
 //! first, as `peer chaincode invoke -c '{"Args":["Fn","{json}"]}'` sends them)
 //! and get back a [`Response`], exactly Fabric's `peer.Response`.
 
+pub mod shim;
 pub mod stub;
 
 /// Fabric's `shim.OK`.
