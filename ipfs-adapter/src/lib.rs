@@ -7,9 +7,11 @@
 //!
 //! Both verify every block against its CID while streaming a file back.
 
+pub mod cli;
 pub mod embedded;
 pub mod error;
 pub mod import;
+pub mod kubo;
 
 pub mod params;
 pub mod store;
@@ -19,6 +21,7 @@ pub mod walk;
 pub use embedded::{EmbeddedOptions, EmbeddedStore, VerifyReport};
 pub use error::{BlobError, Result};
 pub use import::{Blob, Block, Importer, cid_of_bytes, cid_of_stream};
+pub use kubo::{KuboConfig, KuboStore};
 
 pub use params::{Chunker, CidVersion, ImportParams};
 pub use store::{BlobStat, BlobStore, ByteStream, GcReport, PutOptions};
