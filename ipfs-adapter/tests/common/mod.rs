@@ -45,7 +45,7 @@ impl Prng {
 /// `len` pseudo-random bytes from `seed`, cut into pieces of `piece` bytes (the last shorter).
 /// Pieces are multiples of 8 so the output does not depend on `piece`.
 pub fn data_stream(seed: u64, len: u64, piece: usize) -> ByteStream {
-    assert!(piece % 8 == 0 && piece > 0);
+    assert!(piece.is_multiple_of(8) && piece > 0);
     let mut rng = Prng::new(seed);
     let mut left = len;
     Box::pin(futures::stream::iter(std::iter::from_fn(move || {
@@ -78,7 +78,7 @@ pub async fn assert_stream_matches(mut stream: BlobStream, seed: u64, len: u64) 
         let mut rest: &[u8] = &chunk;
         while !rest.is_empty() {
             if pending.is_empty() {
-                let want = (rest.len().max(8) + 7) / 8 * 8;
+                let want = rest.len().max(8).div_ceil(8) * 8;
                 pending = vec![0u8; want];
                 rng.fill(&mut pending);
             }
