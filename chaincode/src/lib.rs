@@ -5,6 +5,9 @@
 //! first, as `peer chaincode invoke -c '{"Args":["Fn","{json}"]}'` sends them)
 //! and get back a [`Response`], exactly Fabric's `peer.Response`.
 
+pub mod contract;
+pub mod identity;
+pub mod memstub;
 pub mod shim;
 pub mod stub;
 
