@@ -159,6 +159,11 @@ impl Simulator {
         Ok((out, more))
     }
 
+    /// The chaincode namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
     /// The context the chaincode sees.
     pub fn context(&self) -> &TxContext {
         &self.ctx
