@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod fsutil;
+pub mod identity;
+pub mod pipeline;
