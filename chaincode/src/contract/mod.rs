@@ -165,6 +165,9 @@ fn dispatch(stub: &mut dyn Stub, args: &[Vec<u8>]) -> Result<Vec<u8>, ContractEr
 
 /// Parses the JSON argument into a function's argument struct.
 fn parse<T: DeserializeOwned>(arg: &[u8]) -> Result<T, ContractError> {
+    if arg.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ContractError::invalid("the argument must be a JSON object"));
+    }
     serde_json::from_slice(arg)
         .map_err(|e| ContractError::invalid(format!("bad argument JSON: {e}")))
 }
