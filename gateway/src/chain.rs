@@ -21,6 +21,14 @@ pub struct Committed {
     pub payload: Vec<u8>,
 }
 
+/// The result of re-verifying the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainVerification {
+    pub height: u64,
+    pub verified: bool,
+    pub first_bad_block: Option<u64>,
+}
+
 /// Ledger failures.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ChainError {
@@ -85,6 +93,9 @@ pub trait Chain: Send + Sync {
         function: &str,
         arg: &serde_json::Value,
     ) -> Result<Committed, ChainError>;
+
+    /// Re-verifies the ledger's hash chain.
+    async fn verify_chain(&self) -> Result<ChainVerification, ChainError>;
 
     /// Checks the ledger is reachable (readiness).
     async fn check(&self) -> Result<(), ChainError>;

@@ -10,4 +10,5 @@ pub mod crypto;
 pub mod db;
 pub mod fsutil;
 pub mod identity;
+pub mod metrics;
 pub mod pipeline;

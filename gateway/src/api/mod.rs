@@ -1,3 +1,151 @@
-//! The REST API.
+//! The REST API (`/api/v1`, per `shared/design/API.md`), operations endpoints
+//! and the OpenAPI 3.1 document generated from the handlers.
 
 pub mod error;
+pub mod extract;
+mod handlers;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use ehr_ipfs::BlobStore;
+use ehr_ledger::msp::ca::OrgCa;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::jwt::{Issuer, Verifier};
+use crate::chain::{Chain, SigningIdentity};
+use crate::config::GatewayConfig;
+use crate::crypto::kek::Kek;
+use crate::db::Db;
+use crate::metrics::{Metrics, RequestLabels};
+
+/// Everything a handler needs.
+pub struct Gateway {
+    pub cfg: GatewayConfig,
+    pub db: Db,
+    pub kek: Kek,
+    pub blobs: Arc<dyn BlobStore>,
+    pub chain: Arc<dyn Chain>,
+    pub ca: OrgCa,
+    /// The built-in issuer (absent in OIDC mode).
+    pub issuer: Option<Issuer>,
+    pub verifier: Verifier,
+    pub metrics: Metrics,
+    /// The gateway's own identity (org admin), for service calls.
+    pub service: SigningIdentity,
+}
+
+/// Shared state of the router.
+pub type AppState = Arc<Gateway>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ehrchain gateway", description = "Hospital gateway: JWT auth, encrypted EHR files in IPFS, consent and access log on a Fabric ledger."),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API router and its OpenAPI document.
+pub fn openapi_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(handlers::token))
+        .routes(routes!(handlers::me))
+        .routes(routes!(handlers::create_user))
+        .routes(routes!(handlers::upload_record, handlers::list_records))
+        .routes(routes!(handlers::get_record))
+        .routes(routes!(handlers::record_content))
+        .routes(routes!(handlers::grant_consent, handlers::list_consents))
+        .routes(routes!(handlers::revoke_consent))
+        .routes(routes!(handlers::access_log))
+        .routes(routes!(handlers::audit_events))
+        .routes(routes!(handlers::ledger_verify))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
+/// The complete HTTP service.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = openapi_router().split_for_parts();
+    let doc = Arc::new(doc);
+    let max = state.cfg.max_upload_bytes;
+    api.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json((*doc).clone()) }
+        }),
+    )
+    .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+    // JSON bodies are small; the upload route streams and enforces its own limit.
+    .layer(DefaultBodyLimit::max(usize::try_from(max.min(64 * 1024 * 1024)).unwrap_or(usize::MAX)))
+    .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+    .layer(PropagateRequestIdLayer::x_request_id())
+    .layer(
+        TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            // The path only (never the query string: it may carry a justification).
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }),
+    )
+    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    .with_state(state)
+}
+
+async fn track(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    state.metrics.latency.observe(start.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}

@@ -1,0 +1,872 @@
+//! The `/api/v1` handlers.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ApiJson, Caller, check_id};
+use crate::auth::password;
+use crate::crypto::sealer::{KeySealer, SealedKey, UmbralSealer};
+use crate::crypto::stream::Dek;
+use crate::db::uploads::UploadState;
+use crate::db::users::User;
+use crate::pipeline::{self, PipelineError};
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_gateway(format!("unexpected ledger answer: {e}")))
+}
+
+fn random_id(prefix: &str) -> String {
+    let b: [u8; 12] = rand::random();
+    format!("{prefix}{}", hex::encode(b))
+}
+
+fn check_len(field: &str, v: &str, max: usize) -> ApiResult<()> {
+    if v.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "{field} longer than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- identity
+
+/// `POST /auth/token` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// An access token.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+/// Exchange a username and password for a bearer token (built-in issuer).
+#[utoipa::path(post, path = "/api/v1/auth/token", request_body = TokenRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)))]
+pub async fn token(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    let issuer = app
+        .issuer
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("tokens come from the external identity provider"))?;
+    check_len("username", &req.username, 128)?;
+    check_len("password", &req.password, 1024)?;
+    let user = app.db.user_by_username(&req.username).await?;
+    let hash = match &user {
+        Some(u) => app.db.password_hash(&u.user_id).await?,
+        None => None,
+    };
+    let pw = req.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        // Unknown users cost the same as known ones.
+        let h = hash.as_deref().unwrap_or(password::dummy_hash());
+        password::verify_password(&pw, h) && hash.is_some()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let user = match (ok, user) {
+        (true, Some(u)) => u,
+        _ => {
+            app.metrics.auth_failures.inc();
+            return Err(ApiError::unauthorized("wrong username or password"));
+        }
+    };
+    let (access_token, expires_in) = issuer
+        .issue(&user.user_id, &user.username)
+        .map_err(ApiError::internal)?;
+    Ok(Json(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in,
+    }))
+}
+
+/// The caller.
+#[derive(Serialize, ToSchema)]
+pub struct MeResponse {
+    pub user_id: String,
+    pub username: String,
+    pub org: String,
+    pub role: String,
+    #[schema(value_type = Object)]
+    pub attributes: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<String>,
+}
+
+/// Who am I.
+#[utoipa::path(get, path = "/api/v1/me", security(("bearer" = [])),
+    responses((status = 200, body = MeResponse), (status = 401, body = ErrorBody)))]
+pub async fn me(State(app): State<AppState>, c: Caller) -> Json<MeResponse> {
+    Json(MeResponse {
+        user_id: c.user.user_id,
+        username: c.user.username,
+        org: app.cfg.org.clone(),
+        role: c.user.role,
+        attributes: c.user.attributes,
+        patient_id: c.user.patient_id,
+    })
+}
+
+/// `POST /users` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: String,
+    pub password: String,
+    /// patient | clinician | auditor | admin
+    pub role: String,
+    /// e.g. department, specialty (strings).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub attributes: Map<String, Value>,
+}
+
+/// The created user.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedUser {
+    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_id: Option<String>,
+}
+
+const ROLES: [&str; 4] = ["patient", "clinician", "auditor", "admin"];
+
+/// Validates a new user's fields; returns the attributes as strings.
+pub fn validate_new_user(u: &CreateUser) -> ApiResult<Map<String, Value>> {
+    let name_ok = (1..=64).contains(&u.username.len())
+        && u.username
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if !name_ok {
+        return Err(ApiError::bad_request(
+            "username: 1-64 characters of a-z 0-9 . _ -",
+        ));
+    }
+    if !(8..=1024).contains(&u.password.len()) {
+        return Err(ApiError::bad_request("password: 8-1024 bytes"));
+    }
+    if !ROLES.contains(&u.role.as_str()) {
+        return Err(ApiError::unprocessable(
+            "role must be patient, clinician, auditor or admin",
+        ));
+    }
+    if u.attributes.len() > 32 {
+        return Err(ApiError::bad_request("at most 32 attributes"));
+    }
+    let mut out = Map::new();
+    for (k, v) in &u.attributes {
+        let key_ok = (1..=64).contains(&k.len())
+            && !k.starts_with("ehr.")
+            && !k.starts_with("hf.")
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !key_ok {
+            return Err(ApiError::bad_request(format!(
+                "attribute name {k:?}: 1-64 of A-Z a-z 0-9 . _ -, not ehr.* or hf.*"
+            )));
+        }
+        match v {
+            Value::String(s) if s.len() <= 256 => {
+                out.insert(k.clone(), v.clone());
+            }
+            Value::String(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "attribute {k}: longer than 256 bytes"
+                )));
+            }
+            _ => {
+                return Err(ApiError::unprocessable(format!(
+                    "attribute {k}: must be a string"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Create a user (org admin): enrols a Fabric identity and, for a patient,
+/// registers the patient on-chain with their Umbral public key.
+#[utoipa::path(post, path = "/api/v1/users", request_body = CreateUser, security(("bearer" = [])),
+    responses((status = 201, body = CreatedUser), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_user(
+    State(app): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
+    if c.user.role != "admin" {
+        return Err(ApiError::forbidden("only an org admin creates users"));
+    }
+    let attributes = validate_new_user(&req)?;
+    let (created, _) = create_user_as(
+        &app,
+        &c.signer,
+        req.username,
+        req.password,
+        req.role,
+        attributes,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Creates a user signed by `admin` (used by the API and the demo seeder).
+pub async fn create_user_as(
+    app: &AppState,
+    admin: &crate::chain::SigningIdentity,
+    username: String,
+    password: String,
+    role: String,
+    attributes: Map<String, Value>,
+) -> ApiResult<(CreatedUser, User)> {
+    if app.db.user_by_username(&username).await?.is_some() {
+        return Err(ApiError::conflict(format!(
+            "username {username:?} is taken"
+        )));
+    }
+    let user = User {
+        user_id: random_id("u-"),
+        username,
+        patient_id: (role == "patient").then(|| random_id("p-")),
+        role,
+        attributes,
+    };
+    let row = crate::identity::enroll(&app.ca, &app.kek, &user).map_err(ApiError::internal)?;
+    let hash = tokio::task::spawn_blocking(move || password::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let mut tx_id = None;
+    if let Some(pid) = &user.patient_id {
+        let committed = app
+            .chain
+            .submit(
+                admin,
+                "RegisterPatient",
+                &json!({"patient_id": pid, "pre_public_key": format!("0x{}", hex::encode(&row.umbral_pk))}),
+            )
+            .await?;
+        tx_id = Some(committed.tx_id);
+    }
+    app.db.create_user(&user, &hash, Some(&row)).await?;
+    tracing::info!(user_id = %user.user_id, role = %user.role, "user created");
+    Ok((
+        CreatedUser {
+            user_id: user.user_id.clone(),
+            patient_id: user.patient_id.clone(),
+            tx_id,
+        },
+        user,
+    ))
+}
+
+// ---------------------------------------------------------------- records
+
+/// Upload parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    /// lab | imaging | note | prescription | fhir | other
+    pub category: String,
+    /// Media type of the file; defaults to the request's Content-Type.
+    pub content_type: Option<String>,
+    /// Optional title (kept off-chain; not stored yet).
+    pub title: Option<String>,
+}
+
+/// The stored record.
+#[derive(Serialize, ToSchema)]
+pub struct UploadResponse {
+    pub record_id: String,
+    pub cid: String,
+    /// SHA-256 of the ciphertext (hex), as recorded on-chain.
+    pub sha256: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    pub tx_id: String,
+    pub block: u64,
+}
+
+const CATEGORIES: [&str; 6] = ["lab", "imaging", "note", "prescription", "fhir", "other"];
+
+fn valid_media_type(s: &str) -> bool {
+    let mut parts = s.splitn(2, '/');
+    let tok = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 64
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
+    };
+    matches!((parts.next(), parts.next()), (Some(a), Some(b)) if tok(a) && tok(b))
+}
+
+/// Upload an EHR file: streamed, encrypted (AES-256-GCM, fresh DEK), stored
+/// in IPFS, the DEK sealed to the patient's key, the record put on-chain.
+#[utoipa::path(post, path = "/api/v1/patients/{patient_id}/records", params(("patient_id" = String, Path), UploadParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("bearer" = [])),
+    responses((status = 201, body = UploadResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn upload_record(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(patient_id): Path<String>,
+    Query(p): Query<UploadParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
+    check_id("patient", &patient_id)?;
+    if !CATEGORIES.contains(&p.category.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "category must be one of {}",
+            CATEGORIES.join(", ")
+        )));
+    }
+    let content_type = p
+        .content_type
+        .clone()
+        .or_else(|| {
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.split(';').next().unwrap_or("").trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    if !valid_media_type(&content_type) {
+        return Err(ApiError::bad_request(
+            "content_type must be a media type like text/plain",
+        ));
+    }
+    if let Some(t) = &p.title {
+        check_len("title", t, 256)?;
+    }
+    let limit = app.cfg.max_upload_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(ApiError::too_large(format!(
+            "file larger than {limit} bytes"
+        )));
+    }
+    // The patient's public key (404 for an unknown patient).
+    let patient: Value = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "GetPatient", &json!({"patient_id": patient_id}))
+            .await?,
+    )?;
+    let pk_hex = patient
+        .get("pre_public_key")
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix("0x"))
+        .and_then(|s| hex::decode(s).ok())
+        .ok_or_else(|| ApiError::bad_gateway("patient has no usable public key"))?;
+
+    let record_id = random_id("r-");
+    app.db
+        .upload_started(&record_id, &patient_id, &c.user.user_id)
+        .await?;
+    let dek = Dek::generate();
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let stored = match pipeline::encrypt_into_store(
+        app.blobs.as_ref(),
+        stream,
+        &dek,
+        app.cfg.chunk_size,
+        limit,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = app
+                .db
+                .upload_cleaned(&record_id, UploadState::Started, &e.to_string())
+                .await;
+            return Err(pipeline_error(e));
+        }
+    };
+    let sealed = UmbralSealer
+        .seal(&pk_hex, &dek)
+        .map_err(|e| ApiError::bad_gateway(format!("sealing the key: {e}")))?;
+    let sealed_json = serde_json::to_vec(&sealed).map_err(ApiError::internal)?;
+    let capsule_cid = match pipeline::put_small(app.blobs.as_ref(), sealed_json).await {
+        Ok(c) => c,
+        Err(e) => {
+            unpin_quietly(&app, &[stored.cid]).await;
+            let _ = app
+                .db
+                .upload_cleaned(&record_id, UploadState::Started, &e.to_string())
+                .await;
+            return Err(pipeline_error(e));
+        }
+    };
+    app.db
+        .upload_blob_stored(
+            &record_id,
+            &stored.cid.to_string(),
+            &capsule_cid.to_string(),
+            &stored.sha256,
+            stored.plaintext_size as i64,
+        )
+        .await?;
+    let args = json!({
+        "record_id": record_id,
+        "patient_id": patient_id,
+        "category": p.category,
+        "cid": stored.cid.to_string(),
+        "sha256": stored.sha256,
+        "size": stored.plaintext_size,
+        "content_type": content_type,
+        "capsule_ref": capsule_cid.to_string(),
+    });
+    match app.chain.submit(&c.signer, "AddRecord", &args).await {
+        Ok(committed) => {
+            app.db
+                .upload_submitted(&record_id, &committed.tx_id)
+                .await?;
+            app.metrics.upload_bytes.inc_by(stored.plaintext_size);
+            tracing::info!(record_id = %record_id, size = stored.plaintext_size, tx_id = %committed.tx_id, "record stored");
+            Ok((
+                StatusCode::CREATED,
+                Json(UploadResponse {
+                    record_id,
+                    cid: stored.cid.to_string(),
+                    sha256: stored.sha256,
+                    size: stored.plaintext_size,
+                    tx_id: committed.tx_id,
+                    block: committed.block,
+                }),
+            ))
+        }
+        Err(e) => {
+            // Nothing on-chain points at the blobs: unpin them.
+            unpin_quietly(&app, &[stored.cid, capsule_cid]).await;
+            let _ = app
+                .db
+                .upload_cleaned(&record_id, UploadState::BlobStored, &e.to_string())
+                .await;
+            Err(e.into())
+        }
+    }
+}
+
+async fn unpin_quietly(app: &AppState, cids: &[ehr_ipfs::Cid]) {
+    for cid in cids {
+        if let Err(e) = app.blobs.unpin(cid).await {
+            tracing::warn!(%cid, error = %e, "unpin after failed upload failed; reconciliation will retry");
+        }
+    }
+}
+
+fn pipeline_error(e: PipelineError) -> ApiError {
+    match e {
+        PipelineError::TooLarge { limit } => {
+            ApiError::too_large(format!("file larger than {limit} bytes"))
+        }
+        PipelineError::Body(m) => ApiError::bad_request(format!("reading the body failed: {m}")),
+        PipelineError::Integrity => {
+            ApiError::bad_gateway("stored blob does not match the on-chain hash")
+        }
+        PipelineError::Crypto(e) => {
+            ApiError::bad_gateway(format!("stored blob failed decryption: {e}"))
+        }
+        PipelineError::Store(ehr_ipfs::BlobError::NotFound(_)) => {
+            ApiError::bad_gateway("blob missing from the store")
+        }
+        PipelineError::Store(
+            ehr_ipfs::BlobError::Corrupt { .. } | ehr_ipfs::BlobError::MalformedDag { .. },
+        ) => ApiError::bad_gateway("stored blob failed CID verification"),
+        PipelineError::Store(e) => {
+            tracing::warn!(error = %e, "blob store failure");
+            ApiError::unavailable("blob store unavailable")
+        }
+        PipelineError::Spool(e) => ApiError::internal(e),
+    }
+}
+
+/// Paging parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    pub limit: Option<u32>,
+    pub bookmark: Option<String>,
+}
+
+fn page_args(mut base: Value, p: &PageParams) -> ApiResult<Value> {
+    if let Some(l) = p.limit {
+        base["limit"] = l.into();
+    }
+    if let Some(b) = &p.bookmark {
+        check_len("bookmark", b, 2048)?;
+        base["bookmark"] = b.clone().into();
+    }
+    Ok(base)
+}
+
+/// Records of a patient that the caller may see (metadata only).
+#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/records", params(("patient_id" = String, Path), PageParams), security(("bearer" = [])),
+    responses((status = 200, description = "page of records"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_records(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(patient_id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> ApiResult<Json<Value>> {
+    check_id("patient", &patient_id)?;
+    let args = page_args(json!({"patient_id": patient_id}), &p)?;
+    Ok(Json(parse_json(
+        &app.chain.evaluate(&c.signer, "ListRecords", &args).await?,
+    )?))
+}
+
+/// A record's metadata.
+#[utoipa::path(get, path = "/api/v1/records/{record_id}", params(("record_id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "record metadata"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_record(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(record_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_id("record", &record_id)?;
+    Ok(Json(parse_json(
+        &app.chain
+            .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
+            .await?,
+    )?))
+}
+
+/// Read parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ContentParams {
+    /// TREAT (default), HPAYMT, HOPERAT, HRESCH or ETREAT (break-glass).
+    pub purpose: Option<String>,
+    /// Required with ETREAT.
+    pub justification: Option<String>,
+}
+
+const PURPOSES: [&str; 5] = ["TREAT", "HPAYMT", "HOPERAT", "HRESCH", "ETREAT"];
+
+/// The decrypted file, after an allowed and logged access decision.
+#[utoipa::path(get, path = "/api/v1/records/{record_id}/content", params(("record_id" = String, Path), ContentParams), security(("bearer" = [])),
+    responses((status = 200, description = "the plaintext bytes", content_type = "application/octet-stream"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn record_content(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(record_id): Path<String>,
+    Query(p): Query<ContentParams>,
+) -> ApiResult<Response> {
+    check_id("record", &record_id)?;
+    let purpose = p.purpose.unwrap_or_else(|| "TREAT".into());
+    if !PURPOSES.contains(&purpose.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "purpose must be one of {}",
+            PURPOSES.join(", ")
+        )));
+    }
+    if let Some(j) = &p.justification {
+        check_len("justification", j, 512)?;
+    }
+    let mut args = json!({"record_id": record_id, "action": "read", "purpose": purpose});
+    if let Some(j) = p.justification {
+        args["justification"] = j.into();
+    }
+    // 1. The decision, on-chain and logged, allowed or denied.
+    let committed = app.chain.submit(&c.signer, "RequestAccess", &args).await?;
+    let decision: Value = parse_json(&committed.payload)?;
+    let allowed = decision
+        .get("allowed")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let reason = decision
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("denied")
+        .to_owned();
+    let event_id = decision
+        .get("event_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !allowed {
+        app.metrics.access_denied.inc();
+        return Err(ApiError::forbidden(format!(
+            "access denied: {reason} (event {event_id})"
+        )));
+    }
+    app.metrics.access_allowed.inc();
+    // 2. Fetch, verify, decrypt.
+    let record: Value = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
+            .await?,
+    )?;
+    let field = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (Some(cid), Some(sha), Some(capsule_ref)) =
+        (field("cid"), field("sha256"), field("capsule_ref"))
+    else {
+        return Err(ApiError::bad_gateway("record metadata incomplete"));
+    };
+    if record.get("erased").and_then(Value::as_bool) == Some(true) {
+        return Err(ApiError::conflict("record content was erased"));
+    }
+    let patient_id = field("patient_id").unwrap_or_default();
+    let content_type = field("content_type").unwrap_or_else(|| "application/octet-stream".into());
+    let size = record.get("size").and_then(Value::as_u64);
+    let cid: ehr_ipfs::Cid = cid
+        .parse()
+        .map_err(|_| ApiError::bad_gateway("bad CID on-chain"))?;
+    let capsule_cid: ehr_ipfs::Cid = capsule_ref
+        .parse()
+        .map_err(|_| ApiError::bad_gateway("bad capsule reference on-chain"))?;
+    let dek = dek_for(&app, &patient_id, &capsule_cid).await?;
+    let spool = app.cfg.data_dir.join("spool");
+    let file = pipeline::fetch_verified(app.blobs.as_ref(), &cid, &sha, &spool)
+        .await
+        .map_err(pipeline_error)?;
+    let stream = pipeline::decrypt_file(file, &dek)
+        .await
+        .map_err(pipeline_error)?;
+    if let Some(s) = size {
+        app.metrics.download_bytes.inc_by(s);
+    }
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header("x-access-event", event_id);
+    if let Some(s) = size {
+        resp = resp.header(header::CONTENT_LENGTH, s);
+    }
+    resp.body(Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
+
+/// Opens the record's DEK. The patient's home gateway holds the patient's
+/// key and opens it directly; other orgs' key release (proxy re-encryption)
+/// is not wired yet.
+async fn dek_for(app: &AppState, patient_id: &str, capsule_cid: &ehr_ipfs::Cid) -> ApiResult<Dek> {
+    let sealed_bytes = pipeline::get_small(app.blobs.as_ref(), capsule_cid, 64 * 1024)
+        .await
+        .map_err(pipeline_error)?;
+    let sealed: SealedKey = serde_json::from_slice(&sealed_bytes)
+        .map_err(|_| ApiError::bad_gateway("malformed sealed key"))?;
+    let Some(patient) = app.db.user_by_patient(patient_id).await? else {
+        return Err(ApiError::unavailable(
+            "the record's key is held by the patient's home organisation; cross-organisation key release is not available yet",
+        ));
+    };
+    let row = app
+        .db
+        .identity(&patient.user_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("patient without identity"))?;
+    let keys = crate::identity::umbral_keys(&row, &app.kek).map_err(ApiError::internal)?;
+    UmbralSealer
+        .open(&keys.secret, &sealed)
+        .map_err(|e| ApiError::bad_gateway(format!("opening the record key: {e}")))
+}
+
+// ---------------------------------------------------------------- consents
+
+/// Grant a consent (the patient, or a home-org admin as delegate). The body
+/// is the contract's consent: grantee, scope, actions, purposes,
+/// not_before?, not_after?, conditions?.
+#[utoipa::path(post, path = "/api/v1/patients/{patient_id}/consents", params(("patient_id" = String, Path)),
+    request_body(content = Object), security(("bearer" = [])),
+    responses((status = 201, description = "{consent_id, tx_id, block}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn grant_consent(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(patient_id): Path<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    check_id("patient", &patient_id)?;
+    if body.contains_key("patient_id") || body.contains_key("consent_id") {
+        return Err(ApiError::bad_request(
+            "patient_id comes from the path; consent_id is assigned",
+        ));
+    }
+    let mut args = body;
+    args.insert("patient_id".into(), patient_id.into());
+    let committed = app
+        .chain
+        .submit(&c.signer, "GrantConsent", &Value::Object(args))
+        .await?;
+    let out: Value = parse_json(&committed.payload)?;
+    let consent_id = out.get("consent_id").cloned().unwrap_or(Value::Null);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"consent_id": consent_id, "tx_id": committed.tx_id, "block": committed.block})),
+    ))
+}
+
+/// A patient's consents with their status.
+#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/consents", params(("patient_id" = String, Path), PageParams), security(("bearer" = [])),
+    responses((status = 200, description = "page of consents"), (status = 403, body = ErrorBody)))]
+pub async fn list_consents(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(patient_id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> ApiResult<Json<Value>> {
+    check_id("patient", &patient_id)?;
+    let args = page_args(json!({"patient_id": patient_id}), &p)?;
+    Ok(Json(parse_json(
+        &app.chain.evaluate(&c.signer, "ListConsents", &args).await?,
+    )?))
+}
+
+/// Revoke a consent; effective from the next block.
+#[utoipa::path(delete, path = "/api/v1/consents/{consent_id}", params(("consent_id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "{tx_id, block}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn revoke_consent(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(consent_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_id("consent", &consent_id)?;
+    let committed = app
+        .chain
+        .submit(
+            &c.signer,
+            "RevokeConsent",
+            &json!({"consent_id": consent_id}),
+        )
+        .await?;
+    Ok(Json(
+        json!({"tx_id": committed.tx_id, "block": committed.block}),
+    ))
+}
+
+// ---------------------------------------------------------------- audit
+
+/// Every access decision about a patient's data.
+#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/access-log", params(("patient_id" = String, Path), PageParams), security(("bearer" = [])),
+    responses((status = 200, description = "page of access events"), (status = 403, body = ErrorBody)))]
+pub async fn access_log(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(patient_id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> ApiResult<Json<Value>> {
+    check_id("patient", &patient_id)?;
+    let args = page_args(json!({"patient_id": patient_id}), &p)?;
+    Ok(Json(parse_json(
+        &app.chain
+            .evaluate(&c.signer, "QueryAccessLog", &args)
+            .await?,
+    )?))
+}
+
+/// Audit query parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    pub patient: Option<String>,
+    pub actor: Option<String>,
+    pub org: Option<String>,
+    /// allow | deny
+    pub decision: Option<String>,
+    pub purpose: Option<String>,
+    pub break_glass: Option<bool>,
+    /// RFC 3339.
+    pub from: Option<String>,
+    /// RFC 3339.
+    pub to: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Access events for auditors, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/audit/events", params(AuditParams), security(("bearer" = [])),
+    responses((status = 200, description = "{events, next_cursor}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn audit_events(
+    State(app): State<AppState>,
+    c: Caller,
+    Query(p): Query<AuditParams>,
+) -> ApiResult<Json<Value>> {
+    let mut args = Map::new();
+    for (k, v, name) in [
+        ("patient_id", &p.patient, "patient"),
+        ("actor", &p.actor, "actor"),
+        ("org", &p.org, "org"),
+    ] {
+        if let Some(v) = v {
+            check_id(name, v)?;
+            args.insert(k.into(), v.clone().into());
+        }
+    }
+    if let Some(d) = &p.decision {
+        if d != "allow" && d != "deny" {
+            return Err(ApiError::bad_request("decision must be allow or deny"));
+        }
+        args.insert("decision".into(), d.clone().into());
+    }
+    if let Some(pu) = &p.purpose {
+        if !PURPOSES.contains(&pu.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "purpose must be one of {}",
+                PURPOSES.join(", ")
+            )));
+        }
+        args.insert("purpose".into(), pu.clone().into());
+    }
+    if let Some(b) = p.break_glass {
+        args.insert("break_glass".into(), b.into());
+    }
+    for (k, v) in [("from", &p.from), ("to", &p.to)] {
+        if let Some(v) = v {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map_err(|_| ApiError::bad_request(format!("{k} must be RFC 3339")))?;
+            args.insert(k.into(), v.clone().into());
+        }
+    }
+    let args = page_args(
+        Value::Object(args),
+        &PageParams {
+            limit: p.limit,
+            bookmark: p.cursor,
+        },
+    )?;
+    let page: Value = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "QueryAccessLog", &args)
+            .await?,
+    )?;
+    Ok(Json(page))
+}
+
+/// Verifies the ledger's hash chain.
+#[utoipa::path(get, path = "/api/v1/ledger/verify", security(("bearer" = [])),
+    responses((status = 200, description = "{height, verified, first_bad_block?}"), (status = 503, body = ErrorBody)))]
+pub async fn ledger_verify(State(app): State<AppState>, _c: Caller) -> ApiResult<Json<Value>> {
+    let v = app.chain.verify_chain().await?;
+    Ok(Json(
+        json!({"height": v.height, "verified": v.verified, "first_bad_block": v.first_bad_block}),
+    ))
+}
