@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ehr_proto::protos::chaincode_message::Type;
 use ehr_proto::protos::{ChaincodeAdditionalParams, ChaincodeMessage, Response as PbResponse};
 use prost::Message;
+use tokio::sync::watch;
 use tonic::{Status, Streaming};
 
 use super::proposal::parse_transaction;
@@ -49,24 +50,46 @@ pub(crate) struct StreamHandler {
     pub request_timeout: Duration,
     inflight: InFlight,
     state: State,
+    stopping: watch::Receiver<bool>,
 }
 
 impl StreamHandler {
-    pub fn new(chaincode: Arc<dyn Chaincode>, out: Outbound, request_timeout: Duration) -> Self {
+    pub fn new(
+        chaincode: Arc<dyn Chaincode>,
+        out: Outbound,
+        request_timeout: Duration,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             chaincode,
             out,
             request_timeout,
             inflight: InFlight::default(),
             state: State::Created,
+            stopping,
         }
     }
 
     /// Reads the peer's messages until the stream ends. REGISTER must already
     /// have been queued on `out`.
     pub async fn run(mut self, mut inbound: Streaming<ChaincodeMessage>) {
+        let mut stopping = self.stopping.clone();
         loop {
-            let msg = match inbound.message().await {
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                () = async {
+                    // Drop the borrow guard before awaiting anything else.
+                    let _ = stopping.wait_for(|stop| *stop).await.map(drop);
+                } => {
+                    tracing::info!("ending chaincode stream: shutting down");
+                    let _ = self
+                        .out
+                        .send(Err(Status::unavailable("chaincode is shutting down")))
+                        .await;
+                    break;
+                }
+            };
+            let msg = match next {
                 Ok(Some(msg)) => msg,
                 Ok(None) => {
                     tracing::info!("peer closed the chaincode stream");

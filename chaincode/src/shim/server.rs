@@ -10,7 +10,7 @@ use ehr_proto::protos::chaincode_server::{Chaincode as ChaincodeRpc, ChaincodeSe
 use ehr_proto::protos::{ChaincodeId, ChaincodeMessage};
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
@@ -56,6 +56,9 @@ impl ShimConfig {
 pub struct ChaincodeService {
     chaincode: Arc<dyn Chaincode>,
     config: Arc<ShimConfig>,
+    /// Turns true when the server shuts down: every stream then ends (a peer
+    /// never closes its stream by itself).
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl ChaincodeService {
@@ -64,7 +67,13 @@ impl ChaincodeService {
         Self {
             chaincode: Arc::new(chaincode),
             config: Arc::new(config),
+            stopping: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// Ends every open stream with UNAVAILABLE and refuses new ones.
+    pub fn stop_streams(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// The tonic service, with Fabric's 100 MiB message limits.
@@ -83,6 +92,9 @@ impl ChaincodeRpc for ChaincodeService {
         &self,
         request: Request<Streaming<ChaincodeMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        if *self.stopping.borrow() {
+            return Err(Status::unavailable("chaincode is shutting down"));
+        }
         let remote = request.remote_addr();
         tracing::info!(?remote, "peer connected");
         let inbound = request.into_inner();
@@ -105,6 +117,7 @@ impl ChaincodeRpc for ChaincodeService {
             Arc::clone(&self.chaincode),
             out,
             self.config.request_timeout,
+            self.stopping.subscribe(),
         );
         tokio::spawn(handler.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -112,7 +125,7 @@ impl ChaincodeRpc for ChaincodeService {
 }
 
 /// Serves `service` on `listener` (TLS when `tls` is given) until `shutdown`
-/// completes.
+/// completes; then ends every open stream and returns once connections close.
 pub async fn serve(
     listener: TcpListener,
     service: ChaincodeService,
@@ -123,6 +136,11 @@ pub async fn serve(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    let stopper = service.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopper.stop_streams();
+    };
     builder
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
