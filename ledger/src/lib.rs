@@ -9,9 +9,11 @@
 
 pub mod block;
 pub mod ccshim;
+pub mod client;
 pub mod devnet;
 pub mod hash;
 pub mod msp;
+pub mod service;
 pub mod simulator;
 pub mod state;
 pub mod store;
