@@ -112,6 +112,31 @@ pub fn new_proposal(
 ) -> Result<NewProposal, TxError> {
     let mut nonce = [0u8; 24];
     getrandom::fill(&mut nonce).map_err(|e| TxError::Random(e.to_string()))?;
+    new_proposal_with(
+        signer,
+        channel,
+        chaincode,
+        args,
+        transient,
+        &nonce,
+        now_timestamp(),
+    )
+}
+
+/// [`new_proposal`] with a given nonce and timestamp (deterministic tx ids
+/// for replaying the same transactions on two ledgers).
+pub fn new_proposal_with(
+    signer: &SigningIdentity,
+    channel: &str,
+    chaincode: &str,
+    args: Vec<Vec<u8>>,
+    transient: BTreeMap<String, Vec<u8>>,
+    nonce: &[u8],
+    timestamp: prost_types::Timestamp,
+) -> Result<NewProposal, TxError> {
+    if nonce.is_empty() {
+        return Err(TxError::malformed("signature header", "empty nonce"));
+    }
     let creator = signer.serialized().to_vec();
     let tx_id = compute_tx_id(&nonce, &creator);
     let extension = ChaincodeHeaderExtension {
@@ -122,7 +147,7 @@ pub fn new_proposal(
     };
     let channel_header = ChannelHeader {
         r#type: HeaderType::EndorserTransaction as i32,
-        timestamp: Some(now_timestamp()),
+        timestamp: Some(timestamp),
         channel_id: channel.to_string(),
         tx_id: tx_id.clone(),
         extension: extension.encode_to_vec(),

@@ -598,6 +598,15 @@ impl Devnet {
         })
     }
 
+    /// Every key and value of chaincode `ns` in key order (tools and tests).
+    pub fn state_snapshot(&self, ns: &str) -> Vec<(String, Vec<u8>)> {
+        read(&self.core().state)
+            .range(ns, "", "", usize::MAX)
+            .into_iter()
+            .map(|(k, v)| (k, v.value.to_vec()))
+            .collect()
+    }
+
     /// Path of the block file (for tools and tamper tests).
     pub fn block_file_path(&self) -> PathBuf {
         self.core().blocks.path().to_path_buf()
