@@ -138,7 +138,7 @@ pub fn new_proposal_with(
         return Err(TxError::malformed("signature header", "empty nonce"));
     }
     let creator = signer.serialized().to_vec();
-    let tx_id = compute_tx_id(&nonce, &creator);
+    let tx_id = compute_tx_id(nonce, &creator);
     let extension = ChaincodeHeaderExtension {
         chaincode_id: Some(ChaincodeId {
             name: chaincode.to_string(),
