@@ -12,6 +12,8 @@
 //! - **Private data** lives per collection, with SHA-256 hashes readable by
 //!   anyone, and follows the same buffering.
 //! - **Events**: one per transaction, the last one set wins.
+//! - **Reads** (keys and scanned ranges) are recorded per transaction, so
+//!   tests can see what would land in a read set.
 //! - The **creator**, **tx id**, **timestamp**, channel and transient map are
 //!   settable.
 //!
@@ -39,6 +41,10 @@ pub struct TxRecord {
     pub private_writes: Vec<(String, String, Option<Vec<u8>>)>,
     /// The transaction's chaincode event (name, payload), if any.
     pub event: Option<(String, Vec<u8>)>,
+    /// Keys read with `get_state`, in order (the read set's keys).
+    pub reads: Vec<String>,
+    /// Ranges scanned with `get_state_by_range`, in order: (start, end).
+    pub range_reads: Vec<(String, String)>,
     /// Whether the writes were applied.
     pub committed: bool,
 }
@@ -59,6 +65,8 @@ pub struct MemStub {
     writes: Vec<Write>,
     private_writes: Vec<(String, String, Option<Vec<u8>>)>,
     event: Option<(String, Vec<u8>)>,
+    reads: Vec<String>,
+    range_reads: Vec<(String, String)>,
 
     /// Every transaction finished with `commit` or `discard`, in order.
     log: Vec<TxRecord>,
@@ -85,6 +93,8 @@ impl MemStub {
             writes: Vec::new(),
             private_writes: Vec::new(),
             event: None,
+            reads: Vec::new(),
+            range_reads: Vec::new(),
             log: Vec::new(),
         }
     }
@@ -112,6 +122,8 @@ impl MemStub {
         self.writes.clear();
         self.private_writes.clear();
         self.event = None;
+        self.reads.clear();
+        self.range_reads.clear();
     }
 
     /// The current transaction's public writes, in order.
@@ -174,6 +186,8 @@ impl MemStub {
             writes: std::mem::take(&mut self.writes),
             private_writes: std::mem::take(&mut self.private_writes),
             event: self.event.take(),
+            reads: std::mem::take(&mut self.reads),
+            range_reads: std::mem::take(&mut self.range_reads),
             committed,
         };
         self.log.push(record.clone());
@@ -258,6 +272,7 @@ impl Stub for MemStub {
 
     fn get_state(&mut self, key: &str) -> StubResult<Option<Vec<u8>>> {
         Self::check_key(key)?;
+        self.reads.push(key.to_owned());
         Ok(self.state.get(key).cloned())
     }
 
@@ -297,6 +312,7 @@ impl Stub for MemStub {
             }
             Bound::Excluded(end.to_owned())
         };
+        self.range_reads.push((start.to_owned(), end.to_owned()));
         let max = limit.map_or(usize::MAX, |l| l as usize);
         Ok(self
             .state
@@ -384,6 +400,19 @@ mod tests {
         assert!(rec.committed);
         assert_eq!(rec.writes, vec![("a".to_string(), Some(b"1".to_vec()))]);
         assert_eq!(s.get_state("a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn reads_and_ranges_are_recorded_per_transaction() {
+        let mut s = MemStub::new();
+        s.begin("t1", ts(1));
+        s.get_state("a").unwrap();
+        s.get_state_by_range("b", "c", Some(1)).unwrap();
+        let rec = s.commit();
+        assert_eq!(rec.reads, vec!["a".to_string()]);
+        assert_eq!(rec.range_reads, vec![("b".to_string(), "c".to_string())]);
+        s.begin("t2", ts(2));
+        assert!(s.commit().reads.is_empty());
     }
 
     #[test]

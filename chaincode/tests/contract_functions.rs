@@ -920,3 +920,57 @@ fn identity_and_dispatch_errors() {
     // init is a no-op.
     assert!(cc.init(&mut stub, &[]).is_ok());
 }
+
+#[test]
+fn read_sets_and_read_only_functions() {
+    let c = cast();
+    let mut w = World::new();
+    w.standard();
+    w.ok(
+        &c.pat1,
+        "GrantConsent",
+        lab_consent("c1", json!({"type":"org","org":"Org2MSP"})),
+    );
+    let scans_consents = |o: &Outcome| {
+        o.tx.range_reads
+            .iter()
+            .any(|(s, _)| s.starts_with("\u{0}ehr.consent\u{0}"))
+    };
+    let req = json!({"record_id":"r-lab","action":"read","purpose":"TREAT"});
+    // The patient, an auditor and an erased record never need the consents,
+    // so a concurrent grant cannot invalidate those transactions.
+    assert!(!scans_consents(&w.call(
+        &c.pat1,
+        "RequestAccess",
+        req.clone()
+    )));
+    assert!(!scans_consents(&w.call(
+        &c.aud1,
+        "RequestAccess",
+        req.clone()
+    )));
+    let erased = json!({"record_id":"r-erased","action":"read","purpose":"TREAT"});
+    assert!(!scans_consents(&w.call(&c.bob, "RequestAccess", erased)));
+    assert!(scans_consents(&w.call(
+        &c.bob,
+        "RequestAccess",
+        req.clone()
+    )));
+
+    // Queries write nothing and set no event.
+    let e = w.ok(&c.bob, "RequestAccess", req)["event_id"].clone();
+    for (who, f, arg) in [
+        (&c.bob, "GetPatient", json!({"patient_id":"p1"})),
+        (&c.bob, "GetRecord", json!({"record_id":"r-lab"})),
+        (&c.bob, "ListRecords", json!({"patient_id":"p1"})),
+        (&c.pat1, "GetConsent", json!({"consent_id":"c1"})),
+        (&c.pat1, "ListConsents", json!({"patient_id":"p1"})),
+        (&c.bob, "GetAccessEvent", json!({"event_id": e})),
+        (&c.aud1, "QueryAccessLog", json!({})),
+        (&c.bob, "Ping", json!({})),
+    ] {
+        let o = w.call(who, f, arg);
+        assert!(o.ok(), "{f}: {}", o.response.message);
+        assert!(o.tx.writes.is_empty() && o.tx.event.is_none(), "{f} wrote");
+    }
+}

@@ -94,7 +94,18 @@ pub fn request(ctx: &mut Ctx<'_>, args: RequestArgs) -> Result<Vec<u8>, Contract
                 }
                 other => other,
             })?;
-            let cs = load_all_for_patient(ctx, &r.patient_id)?;
+            // Rules 2-4 (erased, auditor, the patient) never consult consents;
+            // skipping the range scan then keeps it out of the read set, so
+            // a consent granted in the same block cannot invalidate the
+            // transaction (phantom read). `decide` applies the rules either way.
+            let consents_matter = !r.erased
+                && ctx.caller.role != Role::Auditor
+                && !ctx.caller.is_patient(&r.patient_id, &p.home_org);
+            let cs = if consents_matter {
+                load_all_for_patient(ctx, &r.patient_id)?
+            } else {
+                Vec::new()
+            };
             (Some(p), cs)
         }
         None => (None, Vec::new()),
