@@ -117,6 +117,8 @@ pub struct GatewayConfig {
     pub public_url: String,
     /// Other orgs' gateways, for key release across orgs.
     pub peers: BTreeMap<String, String>,
+    /// CA certificates (PEM) of every org of the consortium.
+    pub org_cas: BTreeMap<String, String>,
 }
 
 /// Checks an org name: lowercase letters, digits and '-', 1..=32 chars.

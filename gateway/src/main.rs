@@ -1,1 +1,138 @@
-fn main() {}
+//! The `ehr` command line.
+
+use anyhow::Context;
+use clap::Parser;
+use ehr_gateway::cli::{Cli, Command, LogFormat};
+use ehr_gateway::config::{FileConfig, OidcConfig, defaults};
+use ehr_gateway::up::{self, UpConfig};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let log_format = cli.log_format.unwrap_or(match file.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    init_tracing(log_format);
+    match cli.command {
+        Command::Up(args) => {
+            let g = args.gateway;
+            let oidc = match (g.oidc_issuer, g.oidc_audience, g.oidc_jwks_url) {
+                (Some(issuer), Some(audience), Some(jwks_url)) => Some(OidcConfig {
+                    issuer,
+                    audience,
+                    jwks_url,
+                }),
+                _ => file.oidc.clone(),
+            };
+            let cfg = UpConfig {
+                data_dir: g
+                    .data_dir
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| defaults::DATA_DIR.into()),
+                bind: args
+                    .bind
+                    .or(file.bind)
+                    .unwrap_or(ehr_gateway::config::LOCALHOST),
+                base_port: args
+                    .base_port
+                    .or(file.base_port)
+                    .unwrap_or(defaults::BASE_PORT),
+                ledger_port: args
+                    .ledger_port
+                    .or(file.ledger_port)
+                    .unwrap_or(defaults::LEDGER_PORT),
+                orgs: if args.orgs.is_empty() {
+                    file.orgs
+                        .unwrap_or_else(|| defaults::ORGS.iter().map(|s| (*s).to_owned()).collect())
+                } else {
+                    args.orgs
+                },
+                database_url: g.database_url.or(file.database_url),
+                database_schema_prefix: "ehr".into(),
+                ipfs_api_url: g.ipfs_api_url.or(file.ipfs_api_url),
+                max_upload_bytes: g
+                    .max_upload_bytes
+                    .or(file.max_upload_bytes)
+                    .unwrap_or(defaults::MAX_UPLOAD_BYTES),
+                chunk_size: g
+                    .chunk_size
+                    .or(file.chunk_size)
+                    .unwrap_or(ehr_gateway::crypto::stream::DEFAULT_CHUNK_SIZE),
+                token_ttl_secs: g
+                    .token_ttl_secs
+                    .or(file.token_ttl_secs)
+                    .unwrap_or(defaults::TOKEN_TTL_SECS),
+                token_leeway_secs: g
+                    .token_leeway_secs
+                    .or(file.token_leeway_secs)
+                    .unwrap_or(defaults::TOKEN_LEEWAY_SECS),
+                oidc,
+                demo: args.demo,
+                kek_hex: std::env::var("EHR_KEK").ok(),
+            };
+            let c = up::start(cfg.clone())
+                .await
+                .context("starting the consortium")?;
+            println!("ehrchain is up (data in {})", cfg.data_dir.display());
+            println!("  ledger (Fabric Gateway gRPC): {}", c.ledger_url);
+            for g in &c.gateways {
+                println!(
+                    "  {:<12} {}/api/v1   (OpenAPI: {}/openapi.json)",
+                    g.org, g.url, g.url
+                );
+                if let Some(pw) = &g.admin_password {
+                    println!(
+                        "               admin password: {pw} (also in {}/admin-password)",
+                        g.state.cfg.data_dir.display()
+                    );
+                }
+            }
+            if let Some(first) = c.gateways.first() {
+                println!("\nFirst token:");
+                println!(
+                    "  curl -s -X POST {}/api/v1/auth/token -H 'content-type: application/json' \\\n       -d '{{\"username\":\"admin\",\"password\":\"<password>\"}}'",
+                    first.url
+                );
+                println!(
+                    "  (the admin password of each org is in <data-dir>/orgs/<org>/admin-password)"
+                );
+            }
+            if !c.demo_users.is_empty() {
+                println!("\nDemo accounts (password: {}):", up::DEMO_PASSWORD);
+                for u in &c.demo_users {
+                    let extra = u
+                        .patient_id
+                        .as_deref()
+                        .map(|p| format!(" patient_id={p}"))
+                        .unwrap_or_default();
+                    println!("  {:<12} {:<14} {}{}", u.org, u.username, u.role, extra);
+                }
+            }
+            println!("\nCtrl-C to stop.");
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            println!("stopping…");
+            c.shutdown().await;
+        }
+    }
+    Ok(())
+}

@@ -14,10 +14,11 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, Caller, check_id};
 use crate::auth::password;
-use crate::crypto::sealer::{KeySealer, SealedKey, UmbralSealer};
+use crate::crypto::sealer::{KeySealer, UmbralSealer};
 use crate::crypto::stream::Dek;
 use crate::db::uploads::UploadState;
 use crate::db::users::User;
+use crate::keyrelease;
 use crate::pipeline::{self, PipelineError};
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
@@ -644,7 +645,7 @@ pub async fn record_content(
     let capsule_cid: ehr_ipfs::Cid = capsule_ref
         .parse()
         .map_err(|_| ApiError::bad_gateway("bad capsule reference on-chain"))?;
-    let dek = dek_for(&app, &patient_id, &capsule_cid).await?;
+    let dek = dek_for(&app, &c, &patient_id, &record_id, &event_id, &capsule_cid).await?;
     let spool = app.cfg.data_dir.join("spool");
     let file = pipeline::fetch_verified(app.blobs.as_ref(), &cid, &sha, &spool)
         .await
@@ -666,29 +667,55 @@ pub async fn record_content(
         .map_err(ApiError::internal)
 }
 
-/// Opens the record's DEK. The patient's home gateway holds the patient's
-/// key and opens it directly; other orgs' key release (proxy re-encryption)
-/// is not wired yet.
-async fn dek_for(app: &AppState, patient_id: &str, capsule_cid: &ehr_ipfs::Cid) -> ApiResult<Dek> {
-    let sealed_bytes = pipeline::get_small(app.blobs.as_ref(), capsule_cid, 64 * 1024)
-        .await
-        .map_err(pipeline_error)?;
-    let sealed: SealedKey = serde_json::from_slice(&sealed_bytes)
-        .map_err(|_| ApiError::bad_gateway("malformed sealed key"))?;
-    let Some(patient) = app.db.user_by_patient(patient_id).await? else {
-        return Err(ApiError::unavailable(
-            "the record's key is held by the patient's home organisation; cross-organisation key release is not available yet",
-        ));
-    };
-    let row = app
-        .db
-        .identity(&patient.user_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("patient without identity"))?;
-    let keys = crate::identity::umbral_keys(&row, &app.kek).map_err(ApiError::internal)?;
-    UmbralSealer
-        .open(&keys.secret, &sealed)
-        .map_err(|e| ApiError::bad_gateway(format!("opening the record key: {e}")))
+/// Opens the record's DEK: directly when the patient is registered here
+/// (this gateway holds their key), else by key release from the patient's
+/// home gateway (proxy re-encryption to this gateway's key).
+async fn dek_for(
+    app: &AppState,
+    c: &Caller,
+    patient_id: &str,
+    record_id: &str,
+    event_id: &str,
+    capsule_cid: &ehr_ipfs::Cid,
+) -> ApiResult<Dek> {
+    let sealed = keyrelease::load_sealed(app, capsule_cid).await?;
+    if let Some(patient) = app.db.user_by_patient(patient_id).await? {
+        let row = app
+            .db
+            .identity(&patient.user_id)
+            .await?
+            .ok_or_else(|| ApiError::internal("patient without identity"))?;
+        let keys = crate::identity::umbral_keys(&row, &app.kek).map_err(ApiError::internal)?;
+        return UmbralSealer
+            .open(&keys.secret, &sealed)
+            .map_err(|e| ApiError::bad_gateway(format!("opening the record key: {e}")));
+    }
+    let patient: Value = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "GetPatient", &json!({"patient_id": patient_id}))
+            .await?,
+    )?;
+    let home = patient
+        .get("home_org")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let pk = patient
+        .get("pre_public_key")
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix("0x"))
+        .and_then(|s| hex::decode(s).ok())
+        .ok_or_else(|| ApiError::bad_gateway("patient has no usable public key"))?;
+    keyrelease::request(app, home, event_id, record_id, &pk, &sealed).await
+}
+
+/// Key release for another org's gateway (see [`crate::keyrelease`]).
+#[utoipa::path(post, path = "/api/v1/internal/key-release", request_body(content = Object),
+    responses((status = 200, description = "capsule fragment"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn key_release(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<keyrelease::KeyReleaseRequest>,
+) -> ApiResult<Json<keyrelease::KeyReleaseResponse>> {
+    Ok(Json(keyrelease::release(&app, req).await?))
 }
 
 // ---------------------------------------------------------------- consents

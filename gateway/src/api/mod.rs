@@ -3,7 +3,7 @@
 
 pub mod error;
 pub mod extract;
-mod handlers;
+pub mod handlers;
 mod ops;
 
 use std::sync::Arc;
@@ -42,6 +42,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// The gateway's own identity (org admin), for service calls.
     pub service: SigningIdentity,
+    /// HTTP client for other gateways.
+    pub http: reqwest::Client,
 }
 
 /// Shared state of the router.
@@ -87,6 +89,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::access_log))
         .routes(routes!(handlers::audit_events))
         .routes(routes!(handlers::ledger_verify))
+        .routes(routes!(handlers::key_release))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

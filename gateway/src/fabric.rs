@@ -1,0 +1,192 @@
+//! [`Chain`] over the Fabric Gateway gRPC service (`ehr-ledger`'s client):
+//! the same code talks to the embedded devnet and to a real Fabric peer.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ehr_ledger::Devnet;
+use ehr_ledger::client::{ClientError, GatewayClient};
+use ehr_proto::protos::TxValidationCode;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::chain::{Chain, ChainError, ChainVerification, Committed, SigningIdentity};
+
+/// The chaincode's function name for a cheap liveness call.
+const PING: &str = "Ping";
+
+/// A ledger reached over Fabric Gateway gRPC.
+pub struct FabricChain {
+    channel: Channel,
+    channel_name: String,
+    chaincode: String,
+    /// The identity readiness checks are signed with.
+    probe: SigningIdentity,
+    /// The in-process devnet, when there is one (hash-chain verification).
+    devnet: Option<Arc<Devnet>>,
+}
+
+impl FabricChain {
+    /// A lazily connected client of the gateway at `endpoint`
+    /// (`http://127.0.0.1:7051`).
+    pub fn new(
+        endpoint: &str,
+        channel_name: &str,
+        chaincode: &str,
+        probe: SigningIdentity,
+        devnet: Option<Arc<Devnet>>,
+    ) -> Result<Self, ChainError> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| ChainError::Other(format!("bad ledger endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Self {
+            channel,
+            channel_name: channel_name.to_owned(),
+            chaincode: chaincode.to_owned(),
+            probe,
+            devnet,
+        })
+    }
+
+    fn client(&self, signer: &SigningIdentity) -> GatewayClient {
+        GatewayClient::from_channel(self.channel.clone(), signer.clone())
+    }
+}
+
+/// Extracts `(status, message)` from a gateway error carrying a chaincode
+/// response: the devnet and Fabric phrase it as "chaincode returned status
+/// 403: {…}" (endorse) or "chaincode response 403, {…}" (evaluate).
+fn chaincode_failure(msg: &str) -> Option<(i32, &str)> {
+    for marker in ["chaincode returned status ", "chaincode response "] {
+        if let Some(i) = msg.find(marker) {
+            let rest = &msg[i + marker.len()..];
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            let status: i32 = rest[..digits].parse().ok()?;
+            let message = rest[digits..].trim_start_matches([':', ',']).trim_start();
+            return Some((status, message));
+        }
+    }
+    None
+}
+
+fn map_err(e: ClientError) -> ChainError {
+    match &e {
+        ClientError::Connect(_) => ChainError::Unavailable(e.to_string()),
+        ClientError::Status(s) => {
+            if let Some((status, message)) = chaincode_failure(s.message()) {
+                return ChainError::rejected(status, message);
+            }
+            match s.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::ResourceExhausted => ChainError::Unavailable(s.message().to_owned()),
+                tonic::Code::PermissionDenied => ChainError::Rejected {
+                    status: 403,
+                    code: "forbidden".into(),
+                    message: s.message().to_owned(),
+                },
+                _ => ChainError::Other(e.to_string()),
+            }
+        }
+        _ => ChainError::Other(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl Chain for FabricChain {
+    async fn evaluate(
+        &self,
+        signer: &SigningIdentity,
+        function: &str,
+        arg: &serde_json::Value,
+    ) -> Result<Vec<u8>, ChainError> {
+        let arg = arg.to_string();
+        self.client(signer)
+            .evaluate(
+                &self.channel_name,
+                &self.chaincode,
+                function,
+                &[arg.as_bytes()],
+            )
+            .await
+            .map_err(map_err)
+    }
+
+    async fn submit(
+        &self,
+        signer: &SigningIdentity,
+        function: &str,
+        arg: &serde_json::Value,
+    ) -> Result<Committed, ChainError> {
+        let arg = arg.to_string();
+        let s = self
+            .client(signer)
+            .submit(
+                &self.channel_name,
+                &self.chaincode,
+                function,
+                &[arg.as_bytes()],
+            )
+            .await
+            .map_err(map_err)?;
+        if s.code != TxValidationCode::Valid {
+            return Err(ChainError::Invalidated {
+                tx_id: s.tx_id,
+                reason: format!("{:?}", s.code),
+            });
+        }
+        Ok(Committed {
+            tx_id: s.tx_id,
+            block: s.block,
+            payload: s.payload,
+        })
+    }
+
+    async fn verify_chain(&self) -> Result<ChainVerification, ChainError> {
+        let Some(devnet) = &self.devnet else {
+            return Err(ChainError::Unavailable(
+                "hash-chain verification needs the embedded ledger".into(),
+            ));
+        };
+        let d = devnet.clone();
+        let r = tokio::task::spawn_blocking(move || d.verify())
+            .await
+            .map_err(|e| ChainError::Other(e.to_string()))?;
+        if let Some(reason) = &r.reason {
+            tracing::error!(first_bad_block = ?r.first_bad_block, %reason, "ledger verification failed");
+        }
+        Ok(ChainVerification {
+            height: r.height,
+            verified: r.verified,
+            first_bad_block: r.first_bad_block,
+        })
+    }
+
+    async fn check(&self) -> Result<(), ChainError> {
+        self.evaluate(&self.probe, PING, &serde_json::json!({}))
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chaincode_failures() {
+        assert_eq!(
+            chaincode_failure(
+                r#"chaincode returned status 403: {"code":"forbidden","message":"no"}"#
+            ),
+            Some((403, r#"{"code":"forbidden","message":"no"}"#))
+        );
+        assert_eq!(
+            chaincode_failure(
+                "evaluate call to endorser returned error: chaincode response 404, {\"code\":\"not_found\"}"
+            ),
+            Some((404, "{\"code\":\"not_found\"}"))
+        );
+        assert_eq!(chaincode_failure("connection refused"), None);
+    }
+}
