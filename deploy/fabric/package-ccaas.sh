@@ -27,9 +27,13 @@ shift $((OPTIND - 1))
 conn=${1:-$here/connection.json}
 out=${out:-$PWD/$label.tar.gz}
 
-# Fabric accepts labels of [A-Za-z0-9_.+-]+ only.
+# Fabric accepts labels matching ^[[:alnum:]][[:alnum:]_.+-]*$ only.
 case "$label" in
-    ''|*[!A-Za-z0-9_.+-]*) echo "package-ccaas: invalid label '$label' (allowed: A-Z a-z 0-9 _ . + -)" >&2; exit 2 ;;
+    [A-Za-z0-9]*) ;;
+    *) echo "package-ccaas: invalid label '$label' (must start with a letter or digit)" >&2; exit 2 ;;
+esac
+case "$label" in
+    *[!A-Za-z0-9_.+-]*) echo "package-ccaas: invalid label '$label' (allowed: A-Z a-z 0-9 _ . + -)" >&2; exit 2 ;;
 esac
 [ -f "$conn" ] || { echo "package-ccaas: $conn not found" >&2; exit 1; }
 grep -q '"address"' "$conn" || { echo "package-ccaas: $conn has no \"address\"" >&2; exit 1; }
