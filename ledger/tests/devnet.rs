@@ -407,6 +407,28 @@ async fn verify_reports_the_tampered_block() {
     let report = devnet.verify();
     assert!(!report.verified);
     assert_eq!(report.first_bad_block, Some(3), "{report:?}");
+
+    // A forger who also fixes the frame CRC: rewrite block 2's validation
+    // code (TRANSACTIONS_FILTER, not covered by the block hash) from VALID to
+    // MVCC_READ_CONFLICT. The record of a one-tx block ends with the
+    // metadata entries `0a 01 <code> 0a 00 0a 00`.
+    let (off2, len2) = devnet.block_file_range(2).unwrap();
+    let mut rec = vec![0u8; len2 as usize];
+    f.read_exact_at(&mut rec, off2).unwrap();
+    let n = rec.len();
+    assert_eq!(&rec[n - 7..], &[0x0a, 0x01, 0x00, 0x0a, 0x00, 0x0a, 0x00]);
+    rec[n - 5] = TxValidationCode::MvccReadConflict as u8;
+    forge(&f, off2, 2, &rec);
+    let report = devnet.verify();
+    assert_eq!(report.first_bad_block, Some(2), "{report:?}");
+    assert!(report.reason.unwrap().contains("validation code"));
+    // Changing an envelope byte instead breaks the data hash.
+    rec[n - 5] = 0;
+    let i = rec.len() / 2;
+    rec[i] ^= 0x01;
+    forge(&f, off2, 2, &rec);
+    let report = devnet.verify();
+    assert_eq!(report.first_bad_block, Some(2), "{report:?}");
     // Reopening refuses the damaged store and names the block.
     drop(_h);
     drop(c);
@@ -416,6 +438,18 @@ async fn verify_reports_the_tampered_block() {
         Ok(_) => panic!("a damaged block file must not open"),
     };
     assert!(err.contains("block 3"), "{err}");
+}
+
+/// Rewrites a block record in place with a correct frame CRC
+/// (frame header: magic, number, length, CRC, then the payload at `off`).
+fn forge(f: &std::fs::File, off: u64, number: u64, payload: &[u8]) {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&number.to_le_bytes());
+    h.update(payload);
+    f.write_all_at(&h.finalize().to_le_bytes(), off - 4)
+        .unwrap();
+    f.write_all_at(payload, off).unwrap();
+    f.sync_all().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
