@@ -1,8 +1,8 @@
 //! The Kubo HTTP RPC backend: a real IPFS node (Kubo, or js-ipfs which speaks the same API).
 //!
 //! Every call has a timeout (a node asked for a block it does not have may wait forever);
-//! idempotent calls are retried with exponential backoff on transport errors, timeouts and
-//! 502/503/504. `put` streams a multipart upload while computing the CID locally and fails
+//! idempotent calls are retried with exponential backoff when the node is unreachable or a
+//! proxy answers 502/503/504. `put` streams a multipart upload while computing the CID locally and fails
 //! unless the node returns the same CID. `get` never trusts the node: it fetches the DAG block
 //! by block (`/block/get`) and verifies each against its CID.
 
@@ -33,7 +33,7 @@ pub struct KuboConfig {
     pub idle_timeout: Duration,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
-    /// Extra attempts for idempotent calls.
+    /// Extra attempts for idempotent calls (connection failures and 502/503/504 only).
     pub retries: u32,
     /// First backoff delay; doubled after each failed attempt.
     pub backoff: Duration,
@@ -108,9 +108,12 @@ struct Client {
     cfg: KuboConfig,
 }
 
+/// Failures worth another attempt: the node could not be reached, or a proxy in front of it
+/// failed. A timeout is not retried: a node that has not answered within the limit is almost
+/// always searching for content it does not have, and asking again only multiplies the wait.
 fn is_transient(err: &BlobError) -> bool {
     match err {
-        BlobError::NodeDown { .. } | BlobError::Timeout { .. } => true,
+        BlobError::NodeDown { .. } => true,
         BlobError::Node { status, .. } => matches!(*status, 502..=504),
         _ => false,
     }
@@ -158,14 +161,37 @@ impl Client {
     }
 
     /// One short call: POST with `query`, whole answer read within `cfg.timeout`.
-    async fn call_once(&self, call: &str, query: &[(&str, String)]) -> Result<Bytes> {
+    ///
+    /// The limit is also sent to the node as its `timeout` option (Kubo and js-ipfs both honour
+    /// it), so the node itself abandons the work — a client that merely hangs up can leave a
+    /// node searching for a missing block while holding its repository locks. The node's own
+    /// "timed out" answer is reported as [`BlobError::Timeout`] like ours.
+    ///
+    /// With `node_timeout_as_error` false, the node's own timeout answer stays a
+    /// [`BlobError::Node`] (for `has`, where it means "not here").
+    async fn call_once(
+        &self,
+        call: &str,
+        query: &[(&str, String)],
+        node_timeout_as_error: bool,
+    ) -> Result<Bytes> {
         let limit = self.cfg.timeout;
+        let mut query = query.to_vec();
+        if !query.iter().any(|(k, _)| *k == "timeout") {
+            query.push(("timeout", format!("{}ms", limit.as_millis())));
+        }
+        let timed_out = || BlobError::Timeout {
+            call: format!("/api/v0/{call}"),
+            secs: limit.as_secs_f64(),
+        };
+        // Give the node's answer a moment to arrive before giving up ourselves.
+        let grace = limit + Duration::from_secs(1);
         let fut = async {
             let resp = self
                 .http
                 .request(Method::POST, self.url(call))
-                .query(query)
-                .timeout(limit)
+                .query(&query)
+                .timeout(grace)
                 .send()
                 .await
                 .map_err(|e| self.transport_error(call, e, limit))?;
@@ -174,21 +200,32 @@ impl Client {
                 .await
                 .map_err(|e| self.transport_error(call, e, limit))
         };
-        match tokio::time::timeout(limit + Duration::from_millis(500), fut).await {
+        match tokio::time::timeout(grace, fut).await {
+            Ok(Err(BlobError::Node { message, .. }))
+                if node_timeout_as_error && is_timeout_message(&message) =>
+            {
+                Err(timed_out())
+            }
             Ok(r) => r,
-            Err(_) => Err(BlobError::Timeout {
-                call: format!("/api/v0/{call}"),
-                secs: limit.as_secs_f64(),
-            }),
+            Err(_) => Err(timed_out()),
         }
     }
 
     /// A short idempotent call, retried with backoff on transient failures.
     async fn call(&self, call: &str, query: &[(&str, String)]) -> Result<Bytes> {
+        self.call_with(call, query, true).await
+    }
+
+    async fn call_with(
+        &self,
+        call: &str,
+        query: &[(&str, String)],
+        node_timeout_as_error: bool,
+    ) -> Result<Bytes> {
         let mut delay = self.cfg.backoff;
         let mut attempt = 0;
         loop {
-            match self.call_once(call, query).await {
+            match self.call_once(call, query, node_timeout_as_error).await {
                 Err(e) if is_transient(&e) && attempt < self.cfg.retries => {
                     attempt += 1;
                     tracing::warn!(call, attempt, error = %e, "IPFS call failed; retrying");
@@ -222,6 +259,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = inner.source();
     }
     s
+}
+
+/// How Kubo ("context deadline exceeded") and js-ipfs ("request timed out") report their own
+/// `timeout` option expiring.
+fn is_timeout_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("timed out") || m.contains("deadline exceeded")
 }
 
 /// Kubo says "not pinned" when unpinning or listing a CID without a pin.
@@ -442,12 +486,11 @@ impl BlobStore for KuboStore {
             ("offline", "true".into()),
             ("timeout", format!("{}ms", node_timeout.as_millis())),
         ];
-        match self.client.call("block/stat", &query).await {
+        match self.client.call_with("block/stat", &query, false).await {
             Ok(_) => Ok(true),
             Err(BlobError::Node { message, .. })
-                if ["not found", "timed out", "timeout", "deadline exceeded"]
-                    .iter()
-                    .any(|m| message.to_lowercase().contains(m)) =>
+                if message.to_ascii_lowercase().contains("not found")
+                    || is_timeout_message(&message) =>
             {
                 Ok(false)
             }

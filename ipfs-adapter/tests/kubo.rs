@@ -11,6 +11,10 @@ use ehr_ipfs::{
     cid_of_stream,
 };
 
+/// Tests in this binary share one node; garbage collection runs alone (js-ipfs' GC takes the
+/// repository's write lock, and a test must not depend on the interleaving).
+static NODE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn store(url: &str) -> KuboStore {
     KuboStore::connect(url).unwrap()
 }
@@ -43,6 +47,7 @@ async fn embedded_cids_equal_the_real_nodes() {
     let Some(url) = node_url("embedded_cids_equal_the_real_nodes") else {
         return;
     };
+    let _shared = NODE.read().await;
     let node = store(&url);
     let mib_chunks = Chunker::size(1_048_576).unwrap();
     let cases: Vec<(Vec<(&'static str, String)>, ImportParams)> = vec![
@@ -86,6 +91,7 @@ async fn three_level_dags_match_the_real_node() {
     let Some(url) = node_url("three_level_dags_match_the_real_node") else {
         return;
     };
+    let _shared = NODE.read().await;
     let node = store(&url);
     // 174 * 174 = 30276 leaves fill two levels; 16 MiB / 512 = 32768 leaves need three.
     let len = 16 * MIB;
@@ -116,6 +122,7 @@ async fn round_trips_every_size_on_the_node() {
     let Some(url) = node_url("round_trips_every_size_on_the_node") else {
         return;
     };
+    let _shared = NODE.read().await;
     let node = store(&url);
     assert!(!node.version().await.unwrap().version.is_empty());
     node.check().await.unwrap();
@@ -155,6 +162,7 @@ async fn pins_and_gc_on_the_node() {
     let Some(url) = node_url("pins_and_gc_on_the_node") else {
         return;
     };
+    let _alone = NODE.write().await;
     let node = store(&url);
     let loose = node
         .put(
@@ -187,6 +195,7 @@ async fn missing_blocks_time_out_clearly() {
     let Some(url) = node_url("missing_blocks_time_out_clearly") else {
         return;
     };
+    let _shared = NODE.read().await;
     let mut cfg = KuboConfig::new(url);
     cfg.timeout = Duration::from_secs(1);
     cfg.retries = 1;
@@ -207,10 +216,10 @@ async fn missing_blocks_time_out_clearly() {
         msg.contains("/api/v0/block/get") && msg.contains("timed out"),
         "{msg}"
     );
-    // One try and one retry of 1 s each, plus the backoff: bounded, not forever.
+    // Timeouts are not retried: one attempt of 1 s, not forever and not retries * 1 s.
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
         "{took:?}"
     );
 }

@@ -117,11 +117,13 @@ impl Inner {
         self.blocks.join(shard).join(key)
     }
 
-    /// Writes one block unless an intact copy is already there.
+    /// Writes one block unless an intact copy is already there (a corrupt copy is replaced, so
+    /// storing a file again repairs it).
     fn write_block(&self, block: &Block) -> Result<()> {
         let path = self.block_path(block.cid.hash());
         if let Ok(meta) = std::fs::metadata(&path)
             && meta.len() == block.data.len() as u64
+            && std::fs::read(&path).is_ok_and(|old| old == block.data)
         {
             return Ok(());
         }
