@@ -375,4 +375,29 @@ mod tests {
             Err(PipelineError::Body(_))
         ));
     }
+
+    /// The same round trip against a real IPFS node when `IPFS_API_URL` is
+    /// set (the end-to-end suite covers it under CI).
+    #[tokio::test]
+    async fn roundtrip_through_a_real_ipfs_node_when_available() {
+        let Ok(url) = std::env::var("IPFS_API_URL") else {
+            eprintln!("SKIPPED: IPFS_API_URL not set");
+            return;
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let d = tempfile::tempdir().unwrap();
+        let store = ehr_ipfs::KuboStore::new(ehr_ipfs::KuboConfig::new(url)).unwrap();
+        let dek = Dek::generate();
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        let st = encrypt_into_store(&store, body(data.clone(), 65536), &dek, 65536, 1 << 20)
+            .await
+            .unwrap();
+        let f = fetch_verified(&store, &st.cid, &st.sha256, d.path())
+            .await
+            .unwrap();
+        let out = collect(decrypt_file(f, &dek).await.unwrap()).await.unwrap();
+        assert_eq!(out, data);
+        let small = put_small(&store, b"{}".to_vec()).await.unwrap();
+        assert_eq!(get_small(&store, &small, 10).await.unwrap(), b"{}");
+    }
 }

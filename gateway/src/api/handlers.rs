@@ -597,6 +597,21 @@ pub async fn record_content(
     if let Some(j) = p.justification {
         args["justification"] = j.into();
     }
+    // 0. An unknown record is a plain 404 (nothing written); a record the
+    //    caller may not even see still goes to a logged decision.
+    match app
+        .chain
+        .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
+        .await
+    {
+        Err(crate::chain::ChainError::Rejected {
+            status: 404,
+            message,
+            ..
+        }) => return Err(ApiError::not_found(message)),
+        Err(e @ crate::chain::ChainError::Unavailable(_)) => return Err(e.into()),
+        _ => {}
+    }
     // 1. The decision, on-chain and logged, allowed or denied.
     let committed = app.chain.submit(&c.signer, "RequestAccess", &args).await?;
     let decision: Value = parse_json(&committed.payload)?;
