@@ -11,7 +11,8 @@ use ehr_proto::protos::{ChaincodeId, ChaincodeMessage};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -132,7 +133,11 @@ pub async fn serve(
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ShimError> {
-    let mut builder = Server::builder().tcp_nodelay(true);
+    // `Server::tcp_nodelay` has no effect with `serve_with_incoming*`: set it on
+    // the incoming stream, or every multi-request transaction waits on Nagle
+    // (~44 ms steps, measured against a real Fabric 2.5.16 peer).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -143,7 +148,7 @@ pub async fn serve(
     };
     builder
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
