@@ -305,3 +305,50 @@ async fn unsupported_cids_are_rejected() {
     let v1 = cid::Cid::new_v1(0x70, *blob.cid.hash());
     assert_stream_matches(store.get(&v1).await.unwrap(), 41, 600_000).await;
 }
+
+/// Two handles on one directory (as `ehr up` and an operator's `ehr blob gc` would be): pins
+/// made through either survive, and GC waits for a put in progress through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_shared_between_handles_stay_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir).await;
+    let b = open(&dir).await;
+    let x = a
+        .put(data_stream(51, 300_000, 65_536), PutOptions::default())
+        .await
+        .unwrap();
+    let y = b
+        .put(data_stream(52, 300_000, 65_536), PutOptions::default())
+        .await
+        .unwrap();
+    // b never saw x's pin in memory; its GC must still keep x.
+    assert_eq!(b.gc().await.unwrap().removed_blocks, 0);
+    assert_stream_matches(b.get(&x.cid).await.unwrap(), 51, 300_000).await;
+    let mut both = open(&dir).await.pins().await;
+    both.sort();
+    let mut want = vec![x.cid, y.cid];
+    want.sort();
+    assert_eq!(both, want);
+
+    // A put stalled half-way through `a` holds off `b`'s GC until it is dropped.
+    let stalls = data_stream(53, 2 * MIB, 65_536).chain(futures::stream::pending());
+    let a2 = a.clone();
+    let put = tokio::spawn(async move { a2.put(Box::pin(stalls), PutOptions::default()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = b.verify().await.unwrap().blocks;
+    assert!(written > 6, "{written}");
+    let gc = tokio::spawn({
+        let b = b.clone();
+        async move { b.gc().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!gc.is_finished(), "GC ran while another handle was writing");
+    put.abort();
+    let report = tokio::time::timeout(Duration::from_secs(10), gc)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.removed_blocks, written - 6);
+    assert!(b.verify().await.unwrap().is_ok());
+}

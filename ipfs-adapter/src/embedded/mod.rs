@@ -7,8 +7,10 @@
 //! - `pins.json`: the recursive pin set;
 //! - `tmp/`: temp files of writes in progress (cleared by garbage collection).
 //!
-//! Every file is written atomically (temp, fsync, rename, fsync of the directory). One process
-//! owns a store directory at a time.
+//! Every file is written atomically (temp, fsync, rename, fsync of the directory). Several
+//! processes may share a store (e.g. `ehr up` and an operator's `ehr blob gc`): writers hold a
+//! shared `flock` on the `lock` file and garbage collection an exclusive one, so a collection
+//! never removes the blocks of a `put` still in progress in another process.
 
 mod fsutil;
 
@@ -23,7 +25,7 @@ use futures::StreamExt;
 use multihash::Multihash;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, RwLock, mpsc};
+use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock, mpsc};
 
 use crate::error::{BlobError, Result};
 use crate::import::{Blob, Block, Importer};
@@ -32,6 +34,8 @@ use crate::verify::{SHA2_256, check_supported, verify_block};
 use crate::walk::{BlobStream, BlockSource, block_links, open_verified};
 
 const PINS_FILE: &str = "pins.json";
+const LOCK_FILE: &str = "lock";
+const PINS_LOCK_FILE: &str = "pins.lock";
 /// Blocks queued between the importer and the writer thread.
 const WRITE_QUEUE: usize = 8;
 
@@ -87,8 +91,12 @@ struct Inner {
     opts: EmbeddedOptions,
     pins: Mutex<BTreeSet<Cid>>,
     /// Writers (put, pin) hold it shared; garbage collection holds it exclusively.
-    gc_lock: RwLock<()>,
+    gc_lock: Arc<RwLock<()>>,
+    lock_path: PathBuf,
 }
+
+/// What a writer holds: the in-process GC lock (shared) and the cross-process `flock` (shared).
+type WriteGuards = (OwnedRwLockReadGuard<()>, std::fs::File);
 
 /// The embedded filesystem blockstore. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -183,6 +191,24 @@ impl Inner {
         )
     }
 
+    /// Takes the cross-process store lock: shared for writers, exclusive for garbage
+    /// collection. Released when the returned file is dropped.
+    fn flock(&self, exclusive: bool) -> Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(BlobError::io("open", &self.lock_path))?;
+        if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        }
+        .map_err(BlobError::io("lock", &self.lock_path))?;
+        Ok(file)
+    }
+
     fn block_files(&self) -> Result<Vec<PathBuf>> {
         let mut files = Vec::new();
         let shards = match std::fs::read_dir(&self.blocks) {
@@ -203,6 +229,22 @@ impl Inner {
         files.sort();
         Ok(files)
     }
+}
+
+/// Reads the pin set; a missing file is an empty set.
+fn load_pins(path: &Path) -> Result<BTreeSet<Cid>> {
+    let raw = match std::fs::read(path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(BlobError::io("read", path)(e)),
+    };
+    let file: PinFile = serde_json::from_slice(&raw).map_err(|e| {
+        BlobError::InvalidInput(format!("{} is not a pin set: {e}", path.display()))
+    })?;
+    file.recursive
+        .iter()
+        .map(|s| crate::verify::parse_cid(s))
+        .collect()
 }
 
 /// The sha2-256 multihash a block file's name spells, if it does.
@@ -241,22 +283,12 @@ impl EmbeddedStore {
         let blocks = root.join("blocks");
         let tmp = root.join("tmp");
         let pins_path = root.join(PINS_FILE);
+        let lock_path = root.join(LOCK_FILE);
         let (b, t) = (blocks.clone(), tmp.clone());
         let pins = tokio::task::spawn_blocking(move || -> Result<BTreeSet<Cid>> {
             fsutil::ensure_dir(&b)?;
             fsutil::ensure_dir(&t)?;
-            let raw = match std::fs::read(&pins_path) {
-                Ok(raw) => raw,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-                Err(e) => return Err(BlobError::io("read", &pins_path)(e)),
-            };
-            let file: PinFile = serde_json::from_slice(&raw).map_err(|e| {
-                BlobError::InvalidInput(format!("{} is not a pin set: {e}", pins_path.display()))
-            })?;
-            file.recursive
-                .iter()
-                .map(|s| crate::verify::parse_cid(s))
-                .collect()
+            load_pins(&pins_path)
         })
         .await??;
         tracing::debug!(root = %root.display(), pins = pins.len(), "opened embedded blob store");
@@ -267,7 +299,8 @@ impl EmbeddedStore {
                 tmp,
                 opts,
                 pins: Mutex::new(pins),
-                gc_lock: RwLock::new(()),
+                gc_lock: Arc::new(RwLock::new(())),
+                lock_path,
             }),
         })
     }
@@ -334,10 +367,62 @@ impl EmbeddedStore {
         .await?
     }
 
-    async fn write_blocks(&self, data: ByteStream, opts: PutOptions) -> Result<Blob> {
+    async fn flock(&self, exclusive: bool) -> Result<std::fs::File> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.flock(exclusive)).await?
+    }
+
+    /// Read-modify-write of the pin set under an exclusive `flock` of `pins.lock`, starting from
+    /// what is on disk (another process may have changed it). Returns whether it changed.
+    async fn update_pins(&self, cid: Cid, add: bool) -> Result<bool> {
+        let mut pins = self.inner.pins.lock().await;
+        let inner = Arc::clone(&self.inner);
+        let (changed, now) =
+            tokio::task::spawn_blocking(move || -> Result<(bool, BTreeSet<Cid>)> {
+                let lock_path = inner.root.join(PINS_LOCK_FILE);
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(BlobError::io("open", &lock_path))?;
+                lock.lock().map_err(BlobError::io("lock", &lock_path))?;
+                let mut set = load_pins(&inner.root.join(PINS_FILE))?;
+                let changed = if add {
+                    set.insert(cid)
+                } else {
+                    set.remove(&cid)
+                };
+                if changed {
+                    inner.save_pins(&set)?;
+                }
+                Ok((changed, set))
+            })
+            .await??;
+        *pins = now;
+        Ok(changed)
+    }
+
+    /// Re-reads `pins.json` (another process sharing the store may have changed it).
+    async fn reload_pins(&self) -> Result<()> {
+        let path = self.inner.root.join(PINS_FILE);
+        let pins = tokio::task::spawn_blocking(move || load_pins(&path)).await??;
+        *self.inner.pins.lock().await = pins;
+        Ok(())
+    }
+
+    /// Imports `data` and writes its blocks on a blocking thread, which keeps `guards` (the
+    /// write locks) until its last write.
+    async fn write_blocks(
+        &self,
+        data: ByteStream,
+        opts: PutOptions,
+        guards: Arc<WriteGuards>,
+    ) -> Result<Blob> {
         let (tx, mut rx) = mpsc::channel::<Block>(WRITE_QUEUE);
         let inner = Arc::clone(&self.inner);
         let writer = tokio::task::spawn_blocking(move || -> Result<()> {
+            let _held = guards;
             while let Some(block) = rx.blocking_recv() {
                 inner.write_block(&block)?;
             }
@@ -384,18 +469,15 @@ impl EmbeddedStore {
 #[async_trait]
 impl BlobStore for EmbeddedStore {
     async fn put(&self, data: ByteStream, opts: PutOptions) -> Result<Blob> {
-        let _writing = self.inner.gc_lock.read().await;
-        let blob = self.write_blocks(data, opts).await?;
+        // Both locks are shared with the writer thread, so they last until its last write even
+        // if this future is dropped, and here until the pin is recorded.
+        let guards = Arc::new((
+            Arc::clone(&self.inner.gc_lock).read_owned().await,
+            self.flock(false).await?,
+        ));
+        let blob = self.write_blocks(data, opts, Arc::clone(&guards)).await?;
         if opts.pin {
-            let mut pins = self.inner.pins.lock().await;
-            if !pins.contains(&blob.cid) {
-                let mut next = pins.clone();
-                next.insert(blob.cid);
-                let inner = Arc::clone(&self.inner);
-                let saved = next.clone();
-                tokio::task::spawn_blocking(move || inner.save_pins(&saved)).await??;
-                *pins = next;
-            }
+            self.update_pins(blob.cid, true).await?;
         }
         tracing::debug!(cid = %blob.cid, size = blob.size, pinned = opts.pin, "stored blob");
         Ok(blob)
@@ -408,34 +490,16 @@ impl BlobStore for EmbeddedStore {
     async fn pin(&self, cid: &Cid) -> Result<()> {
         check_supported(cid)?;
         let _writing = self.inner.gc_lock.read().await;
+        let _flock = self.flock(false).await?;
         let inner = Arc::clone(&self.inner);
         let root = *cid;
         tokio::task::spawn_blocking(move || inner.reachable(&[root])).await??;
-        let mut pins = self.inner.pins.lock().await;
-        if pins.contains(cid) {
-            return Ok(());
-        }
-        let mut next = pins.clone();
-        next.insert(*cid);
-        let inner = Arc::clone(&self.inner);
-        let saved = next.clone();
-        tokio::task::spawn_blocking(move || inner.save_pins(&saved)).await??;
-        *pins = next;
+        self.update_pins(*cid, true).await?;
         Ok(())
     }
 
     async fn unpin(&self, cid: &Cid) -> Result<bool> {
-        let mut pins = self.inner.pins.lock().await;
-        if !pins.contains(cid) {
-            return Ok(false);
-        }
-        let mut next = pins.clone();
-        next.remove(cid);
-        let inner = Arc::clone(&self.inner);
-        let saved = next.clone();
-        tokio::task::spawn_blocking(move || inner.save_pins(&saved)).await??;
-        *pins = next;
-        Ok(true)
+        self.update_pins(*cid, false).await
     }
 
     async fn has(&self, cid: &Cid) -> Result<bool> {
@@ -462,6 +526,9 @@ impl BlobStore for EmbeddedStore {
 
     async fn gc(&self) -> Result<GcReport> {
         let _exclusive = self.inner.gc_lock.write().await;
+        let _flock = self.flock(true).await?;
+        // Another process may have pinned something since we opened the store.
+        self.reload_pins().await?;
         let pins = self.pins().await;
         let inner = Arc::clone(&self.inner);
         let report = tokio::task::spawn_blocking(move || -> Result<GcReport> {
