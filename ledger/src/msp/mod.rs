@@ -17,10 +17,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ehr_proto::msp::SerializedIdentity;
-use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use prost::Message;
+use ring::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, UnparsedPublicKey,
+};
 use thiserror::Error;
 use x509_parser::prelude::*;
 
@@ -69,7 +71,38 @@ pub struct OrgMsp {
 #[derive(Debug, Clone)]
 struct CaCert {
     subject_der: Vec<u8>,
-    key: VerifyingKey,
+    key: PublicKey,
+}
+
+/// A P-256 public key (uncompressed SEC1 point, validated as on the curve).
+///
+/// Signature arithmetic runs on `ring` (assembly P-256, ~10x faster than the
+/// pure-Rust `p256` field code, which made ECDSA 90% of the devnet's CPU
+/// time); `p256` parses keys and signatures and enforces low-S.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey(Vec<u8>);
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", hex::encode(&self.0))
+    }
+}
+
+impl PublicKey {
+    /// From SEC1 bytes (compressed or not); fails when not a P-256 point.
+    pub fn from_sec1(bytes: &[u8]) -> Result<Self, MspError> {
+        let k = VerifyingKey::from_sec1_bytes(bytes).map_err(|_| {
+            MspError::MalformedCertificate("public key is not a P-256 point".into())
+        })?;
+        Ok(Self(k.to_encoded_point(false).as_bytes().to_vec()))
+    }
+
+    /// ECDSA P-256 / SHA-256 check of a DER signature, any S.
+    fn verify_any_s(&self, msg: &[u8], signature_der: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.0)
+            .verify(msg, signature_der)
+            .is_ok()
+    }
 }
 
 impl OrgMsp {
@@ -117,7 +150,7 @@ pub struct VerifiedIdentity {
     pub attrs: BTreeMap<String, String>,
     /// The certificate, DER.
     pub cert_der: Vec<u8>,
-    key: VerifyingKey,
+    key: PublicKey,
     not_before: i64,
     not_after: i64,
 }
@@ -140,17 +173,17 @@ impl VerifiedIdentity {
 }
 
 /// Checks a signature with a bare public key (low-S only).
-pub fn verify_with_key(
-    key: &VerifyingKey,
-    msg: &[u8],
-    signature_der: &[u8],
-) -> Result<(), MspError> {
+pub fn verify_with_key(key: &PublicKey, msg: &[u8], signature_der: &[u8]) -> Result<(), MspError> {
     let sig = Signature::from_der(signature_der)
         .map_err(|e| MspError::MalformedSignature(e.to_string()))?;
     if sig.normalize_s().is_some() {
         return Err(MspError::HighS);
     }
-    key.verify(msg, &sig).map_err(|_| MspError::BadSignature)
+    if key.verify_any_s(msg, signature_der) {
+        Ok(())
+    } else {
+        Err(MspError::BadSignature)
+    }
 }
 
 /// The set of orgs of a channel, with a cache of verified identities.
@@ -230,13 +263,12 @@ fn verify_chain(org: &OrgMsp, der: &[u8]) -> Result<VerifiedIdentity, MspError> 
     }
     let issuer = cert.issuer().as_raw();
     let tbs = cert.tbs_certificate.as_ref();
-    let sig = Signature::from_der(&cert.signature_value.data)
-        .map_err(|e| MspError::MalformedCertificate(format!("certificate signature: {e}")))?;
+    let sig: &[u8] = &cert.signature_value.data;
     // Certificate signatures may be high-S (Go's x509 accepts both).
     let trusted = org
         .cas
         .iter()
-        .any(|ca| ca.subject_der == issuer && ca.key.verify(tbs, &sig).is_ok());
+        .any(|ca| ca.subject_der == issuer && ca.key.verify_any_s(tbs, sig));
     if !trusted {
         return Err(MspError::UntrustedCertificate(org.msp_id.clone()));
     }
@@ -281,9 +313,8 @@ pub fn parse_fabric_attrs(value: &[u8]) -> Result<BTreeMap<String, String>, MspE
         .map_err(|e| MspError::MalformedCertificate(format!("Fabric CA attributes: {e}")))
 }
 
-fn ec_public_key(cert: &X509Certificate<'_>) -> Result<VerifyingKey, MspError> {
-    VerifyingKey::from_sec1_bytes(&cert.public_key().subject_public_key.data)
-        .map_err(|_| MspError::MalformedCertificate("public key is not a P-256 point".into()))
+fn ec_public_key(cert: &X509Certificate<'_>) -> Result<PublicKey, MspError> {
+    PublicKey::from_sec1(&cert.public_key().subject_public_key.data)
 }
 
 /// DER certificates from PEM text (every `CERTIFICATE` block).
@@ -304,6 +335,7 @@ pub struct SigningIdentity {
     msp_id: String,
     cert_pem: String,
     key: SigningKey,
+    signer: Arc<EcdsaKeyPair>,
     serialized: Vec<u8>,
 }
 
@@ -335,11 +367,19 @@ impl SigningIdentity {
             .ok_or_else(|| MspError::MalformedCertificate("no certificate in PEM".into()))?;
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| MspError::MalformedCertificate(e.to_string()))?;
-        if ec_public_key(&cert)? != *key.verifying_key() {
+        let public = key.verifying_key().to_encoded_point(false);
+        if ec_public_key(&cert)?.0 != public.as_bytes() {
             return Err(MspError::MalformedKey(
                 "private key does not match the certificate".into(),
             ));
         }
+        let signer = EcdsaKeyPair::from_private_key_and_public_key(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &key.to_bytes(),
+            public.as_bytes(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| MspError::MalformedKey(e.to_string()))?;
         let serialized = SerializedIdentity {
             mspid: msp_id.to_string(),
             id_bytes: cert_pem.as_bytes().to_vec(),
@@ -349,6 +389,7 @@ impl SigningIdentity {
             msp_id: msp_id.to_string(),
             cert_pem: cert_pem.to_string(),
             key,
+            signer: Arc::new(signer),
             serialized,
         })
     }
@@ -379,9 +420,24 @@ impl SigningIdentity {
 
     /// ECDSA P-256 over SHA-256 of `msg`, DER, low-S (as Fabric signs).
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        let sig: Signature = self.key.sign(msg);
-        let sig = sig.normalize_s().unwrap_or(sig);
-        sig.to_der().as_bytes().to_vec()
+        let rng = ring::rand::SystemRandom::new();
+        let der = match self.signer.sign(&rng, msg) {
+            Ok(s) => s.as_ref().to_vec(),
+            // Only a failing system RNG gets here; fall back to p256's
+            // deterministic (RFC 6979) signing, which needs no RNG.
+            Err(_) => {
+                use p256::ecdsa::signature::Signer;
+                let s: Signature = self.key.sign(msg);
+                return s.normalize_s().unwrap_or(s).to_der().as_bytes().to_vec();
+            }
+        };
+        match Signature::from_der(&der) {
+            Ok(s) => match s.normalize_s() {
+                Some(low) => low.to_der().as_bytes().to_vec(),
+                None => der,
+            },
+            Err(_) => der,
+        }
     }
 }
 
