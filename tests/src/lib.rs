@@ -164,7 +164,9 @@ impl Net {
 /// Asserts a response is an error with the API's shape and returns its code.
 pub async fn error_code(r: reqwest::Response) -> Result<(u16, String)> {
     let status = r.status().as_u16();
-    let v: Value = r.json().await.context("error body is not JSON")?;
+    let text = r.text().await?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("error body of a {status} is not JSON: {text:?}"))?;
     let code = v["error"]["code"]
         .as_str()
         .context("no error.code")?

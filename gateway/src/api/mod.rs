@@ -110,6 +110,7 @@ pub fn router(state: AppState) -> Router {
     .fallback(|| async { error::ApiError::not_found("no such endpoint") })
     // JSON bodies are small; the upload route streams and enforces its own limit.
     .layer(DefaultBodyLimit::max(usize::try_from(max.min(64 * 1024 * 1024)).unwrap_or(usize::MAX)))
+    .layer(axum::middleware::map_response(error_shape))
     .layer(axum::middleware::from_fn_with_state(state.clone(), track))
     .layer(PropagateRequestIdLayer::x_request_id())
     .layer(
@@ -125,6 +126,46 @@ pub fn router(state: AppState) -> Router {
     )
     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
     .with_state(state)
+}
+
+/// Gives every error the API's JSON shape, including the plain-text
+/// rejections of axum's own extractors (path, query, 405, body limits).
+async fn error_shape(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (_, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message: String = String::from_utf8_lossy(&text).chars().take(300).collect();
+    let message = if message.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        message
+    };
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    };
+    let mut e = error::ApiError::bad_request(message);
+    e.status = status;
+    e.code = code;
+    axum::response::IntoResponse::into_response(e)
 }
 
 async fn track(
