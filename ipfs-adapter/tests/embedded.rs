@@ -334,9 +334,15 @@ async fn stores_shared_between_handles_stay_consistent() {
     let stalls = data_stream(53, 2 * MIB, 65_536).chain(futures::stream::pending());
     let a2 = a.clone();
     let put = tokio::spawn(async move { a2.put(Box::pin(stalls), PutOptions::default()).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let written = b.verify().await.unwrap().blocks;
-    assert!(written > 6, "{written}");
+    // 2 MiB = 8 leaves of 256 KiB, all written before the input stalls.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.verify().await.unwrap().blocks < 6 + 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the put wrote nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let gc = tokio::spawn({
         let b = b.clone();
         async move { b.gc().await }
@@ -349,6 +355,6 @@ async fn stores_shared_between_handles_stay_consistent() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(report.removed_blocks, written - 6);
+    assert_eq!(report.removed_blocks, 8);
     assert!(b.verify().await.unwrap().is_ok());
 }
