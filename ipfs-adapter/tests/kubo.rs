@@ -241,6 +241,8 @@ async fn node_down_is_a_clear_error() {
     let started = std::time::Instant::now();
     let err = node.version().await.unwrap_err();
     assert!(matches!(err, BlobError::NodeDown { .. }), "{err:?}");
+    // Connection failures are retried: two retries after 20 ms and 40 ms of backoff.
+    assert!(started.elapsed() >= Duration::from_millis(60));
     assert!(err.to_string().contains(&url), "{err}");
     assert!(err.to_string().contains("unreachable"), "{err}");
     let put = node
