@@ -57,6 +57,12 @@ pub enum Command {
     /// hospital orgs, an embedded blob store and one gateway per org, each on its own port.
     /// State is kept in the data dir and survives restarts.
     Up(UpArgs),
+    /// Content-addressed blob store commands (the store `ehr up` uses by default:
+    /// <data-dir>/blobs, or an IPFS node with --api): cid, put, get, pin, stat, gc, …
+    Blob {
+        #[command(subcommand)]
+        cmd: ehr_ipfs::cli::BlobCommand,
+    },
 }
 
 /// Settings shared by every gateway.
@@ -165,7 +171,9 @@ mod tests {
             "/tmp/x",
         ])
         .unwrap();
-        let Command::Up(up) = cli.command;
+        let Command::Up(up) = cli.command else {
+            panic!("expected up");
+        };
         assert!(up.demo);
         assert_eq!(up.base_port, Some(9001));
         assert_eq!(up.orgs, ["a", "b"]);
@@ -173,6 +181,12 @@ mod tests {
         assert!(Cli::try_parse_from(["ehr", "up", "--base-port", "x"]).is_err());
         // OIDC needs all three settings.
         assert!(Cli::try_parse_from(["ehr", "up", "--oidc-issuer", "https://i"]).is_err());
+    }
+
+    #[test]
+    fn blob_subcommands_are_wired() {
+        let cli = Cli::try_parse_from(["ehr", "blob", "cid", "/etc/hostname"]).unwrap();
+        assert!(matches!(cli.command, Command::Blob { .. }));
     }
 
     #[test]

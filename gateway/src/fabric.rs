@@ -48,6 +48,27 @@ impl FabricChain {
         })
     }
 
+    /// The chaincode's events from block `from` on (as the probe identity).
+    pub async fn events(
+        &self,
+        from: u64,
+    ) -> Result<
+        impl futures::Stream<Item = Result<ehr_ledger::client::EventItem, ClientError>> + use<>,
+        ChainError,
+    > {
+        self.client(&self.probe)
+            .chaincode_events(
+                &self.channel_name,
+                &self.chaincode,
+                Some(ehr_ledger::client::Checkpoint {
+                    block: from,
+                    after_tx_id: None,
+                }),
+            )
+            .await
+            .map_err(map_err)
+    }
+
     fn client(&self, signer: &SigningIdentity) -> GatewayClient {
         GatewayClient::from_channel(self.channel.clone(), signer.clone())
     }

@@ -14,5 +14,6 @@ pub mod identity;
 pub mod keyrelease;
 pub mod metrics;
 pub mod pipeline;
+pub mod projector;
 pub mod reconcile;
 pub mod up;

@@ -32,6 +32,10 @@ async fn main() -> anyhow::Result<()> {
     });
     init_tracing(log_format);
     match cli.command {
+        Command::Blob { cmd } => {
+            let mut out = std::io::stdout();
+            ehr_ipfs::cli::run(cmd, &mut out).await?;
+        }
         Command::Up(args) => {
             let g = args.gateway;
             let oidc = match (g.oidc_issuer, g.oidc_audience, g.oidc_jwks_url) {

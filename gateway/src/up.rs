@@ -61,6 +61,7 @@ pub struct RunningGateway {
     /// The bootstrap admin's password when it was created by this start.
     pub admin_password: Option<String>,
     handle: JoinHandle<()>,
+    projector: JoinHandle<()>,
 }
 
 /// Demo accounts created by `--demo`.
@@ -97,6 +98,7 @@ impl Consortium {
         let _ = self.shutdown.send(true);
         for g in self.gateways.drain(..) {
             let _ = g.handle.await;
+            let _ = g.projector.await;
             g.state.db.close().await;
         }
         if let Some(l) = self.ledger.take() {
@@ -254,6 +256,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
             service.clone(),
             Some(devnet.clone()),
         )?);
+        let projector = tokio::spawn(crate::projector::run(chain.clone(), db.clone(), rx.clone()));
         let state: AppState = Arc::new(Gateway {
             cfg: gcfg,
             db,
@@ -289,6 +292,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
             state,
             admin_password,
             handle,
+            projector,
         });
     }
     let mut c = Consortium {

@@ -162,6 +162,84 @@ async fn scenario(services: Services) -> Result<()> {
         }
     }
 
+    // The gateway's projection of ledger events caught up with the five decisions.
+    let db = &net.c.gateways[0].state.db;
+    let filter = ehr_gateway::db::events::EventFilter {
+        event_name: Some("AccessDecision".into()),
+        patient_id: Some(pid.clone()),
+        limit: 100,
+        ..Default::default()
+    };
+    let mut projected = Vec::new();
+    for _ in 0..100 {
+        projected = db.query_events(&filter).await?;
+        if projected.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let decisions: Vec<_> = projected
+        .iter()
+        .map(|e| e.decision.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        decisions,
+        ["allow", "deny", "allow", "deny", "deny"],
+        "projection"
+    );
+    assert!(
+        db.checkpoint(ehr_gateway::projector::CHECKPOINT)
+            .await?
+            .is_some()
+    );
+
+    // Operations endpoints.
+    let base = net.c.url(A).unwrap().to_owned();
+    assert_eq!(
+        net.http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    let r = net.http.get(format!("{base}/readyz")).send().await?;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    assert_eq!(v["ready"], true, "{v}");
+    let m = net
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(m.contains("ehr_gateway_access_allowed_total 1"), "{m}");
+    let doc: Value = net
+        .http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for p in [
+        "/api/v1/auth/token",
+        "/api/v1/patients/{patient_id}/records",
+        "/api/v1/records/{record_id}/content",
+        "/api/v1/audit/events",
+        "/api/v1/ledger/verify",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "OpenAPI lacks {p}");
+    }
+
     // The ledger's hash chain verifies.
     let r = net
         .http
