@@ -239,10 +239,11 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
                 )
             }
             None => {
+                // Stable across restarts and port changes.
                 let i = Issuer::load_or_create(
                     &dir,
-                    &url,
-                    &format!("ehr-gateway:{org}"),
+                    &format!("urn:ehrchain:issuer:{org}"),
+                    &format!("urn:ehrchain:gateway:{org}"),
                     cfg.token_ttl_secs,
                 )?;
                 let v = i.verifier(cfg.token_leeway_secs);

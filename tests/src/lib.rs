@@ -54,6 +54,18 @@ impl Net {
     /// Starts a consortium with `--demo` accounts. `None` when the services
     /// are missing outside CI (skip).
     pub async fn start(services: Services, max_upload_bytes: u64) -> Result<Option<Net>> {
+        Self::start_in(services, max_upload_bytes, tempfile::tempdir()?, None).await
+    }
+
+    /// Like [`Net::start`], in a given data dir (kept by the returned `Net`)
+    /// and, for PostgreSQL, with a given schema prefix: starting twice on the
+    /// same pair is a restart.
+    pub async fn start_in(
+        services: Services,
+        max_upload_bytes: u64,
+        dir: tempfile::TempDir,
+        schema_prefix: Option<String>,
+    ) -> Result<Option<Net>> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -73,8 +85,8 @@ impl Net {
                 (Some(db), Some(ipfs))
             }
         };
-        let dir = tempfile::tempdir()?;
-        let schema_prefix = format!("ehr_t{}", hex::encode(rand::random::<[u8; 6]>()));
+        let schema_prefix = schema_prefix
+            .unwrap_or_else(|| format!("ehr_t{}", hex::encode(rand::random::<[u8; 6]>())));
         let cfg = UpConfig {
             data_dir: dir.path().to_path_buf(),
             bind: ehr_gateway::config::LOCALHOST,
@@ -138,6 +150,13 @@ impl Net {
             .as_str()
             .context("no access_token")?
             .to_owned())
+    }
+
+    /// Stops everything but keeps the state; returns the data dir and schema
+    /// prefix for [`Net::start_in`].
+    pub async fn stop_keep(self) -> (tempfile::TempDir, String) {
+        self.c.shutdown().await;
+        (self._dir, self.schema_prefix)
     }
 
     /// Stops everything and drops the PostgreSQL schemas of this run.
