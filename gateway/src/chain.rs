@@ -29,6 +29,17 @@ pub struct ChainVerification {
     pub first_bad_block: Option<u64>,
 }
 
+/// A transaction's place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxProofView {
+    pub tx_id: String,
+    pub block: u64,
+    /// Hex of the block header hash.
+    pub block_hash: String,
+    /// The block hash matches the verified chain and the tx is valid.
+    pub verified: bool,
+}
+
 /// Ledger failures.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ChainError {
@@ -96,6 +107,9 @@ pub trait Chain: Send + Sync {
 
     /// Re-verifies the ledger's hash chain.
     async fn verify_chain(&self) -> Result<ChainVerification, ChainError>;
+
+    /// Where a transaction sits in the hash chain, checked against it.
+    async fn tx_proof(&self, tx_id: &str) -> Result<Option<TxProofView>, ChainError>;
 
     /// Checks the ledger is reachable (readiness).
     async fn check(&self) -> Result<(), ChainError>;

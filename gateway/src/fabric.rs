@@ -183,6 +183,32 @@ impl Chain for FabricChain {
         })
     }
 
+    async fn tx_proof(&self, tx_id: &str) -> Result<Option<crate::chain::TxProofView>, ChainError> {
+        let Some(devnet) = &self.devnet else {
+            return Err(ChainError::Unavailable(
+                "transaction proofs need the embedded ledger".into(),
+            ));
+        };
+        let d = devnet.clone();
+        let tx = tx_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let Some(p) = d.tx_proof(&tx) else {
+                return None;
+            };
+            let report = d.verify();
+            let in_chain = d.block_hash(p.block) == Some(p.block_hash);
+            let chain_ok = report.verified || report.first_bad_block.is_some_and(|b| b > p.block);
+            Some(crate::chain::TxProofView {
+                tx_id: p.tx_id,
+                block: p.block,
+                block_hash: hex::encode(p.block_hash),
+                verified: in_chain && chain_ok && p.code == TxValidationCode::Valid,
+            })
+        })
+        .await
+        .map_err(|e| ChainError::Other(e.to_string()))
+    }
+
     async fn check(&self) -> Result<(), ChainError> {
         self.evaluate(&self.probe, PING, &serde_json::json!({}))
             .await

@@ -162,6 +162,64 @@ async fn scenario(services: Services) -> Result<()> {
         }
     }
 
+    // Proof of a decision against the hash chain, disclosures, exports.
+    let log: Value = net
+        .http
+        .get(format!("{}/patients/{pid}/access-log", net.api(A)))
+        .bearer_auth(&patient)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let first = log["events"][0]["event_id"].as_str().unwrap().to_owned();
+    let proof: Value = net
+        .http
+        .get(format!("{}/audit/events/{first}/proof", net.api(A)))
+        .bearer_auth(&auditor)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(proof["verified"], true, "{proof}");
+    assert_eq!(proof["block_hash"].as_str().unwrap().len(), 64);
+    let disc: Value = net
+        .http
+        .get(format!("{}/patients/{pid}/disclosures", net.api(A)))
+        .bearer_auth(&patient)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let disc = disc["disclosures"].as_array().unwrap();
+    assert_eq!(disc.len(), 1, "one disclosure: to the cardiology clinician");
+    assert_eq!(disc[0]["recipient_org"], B);
+    let csv = net
+        .http
+        .get(format!(
+            "{}/audit/export?format=csv&patient={pid}",
+            net.api(A)
+        ))
+        .bearer_auth(&auditor)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(csv.lines().count(), 6, "header + five decisions:\n{csv}");
+    let fhir: Value = net
+        .http
+        .get(format!(
+            "{}/audit/export?format=fhir&patient={pid}",
+            net.api(A)
+        ))
+        .bearer_auth(&auditor)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(fhir["resourceType"], "Bundle");
+    assert_eq!(fhir["entry"].as_array().unwrap().len(), 5);
+    assert_eq!(fhir["entry"][0]["resource"]["resourceType"], "AuditEvent");
+
     // The gateway's projection of ledger events caught up with the five decisions.
     let db = &net.c.gateways[0].state.db;
     let filter = ehr_gateway::db::events::EventFilter {

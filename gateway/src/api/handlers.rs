@@ -912,3 +912,186 @@ pub async fn ledger_verify(State(app): State<AppState>, _c: Caller) -> ApiResult
         json!({"height": v.height, "verified": v.verified, "first_bad_block": v.first_bad_block}),
     ))
 }
+
+/// Where an access event's transaction sits in the ledger's hash chain.
+#[utoipa::path(get, path = "/api/v1/audit/events/{event_id}/proof", params(("event_id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "{tx_id, block, block_hash, verified}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn event_proof(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(event_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_id("event", &event_id)?;
+    // The caller must be allowed to see the event (403/404 otherwise).
+    let ev: Value = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "GetAccessEvent", &json!({"event_id": event_id}))
+            .await?,
+    )?;
+    let tx_id = ev
+        .get("tx_id")
+        .or_else(|| ev.get("event").and_then(|e| e.get("tx_id")))
+        .and_then(Value::as_str)
+        .unwrap_or(&event_id)
+        .to_owned();
+    let p = app
+        .chain
+        .tx_proof(&tx_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("transaction not found in the ledger"))?;
+    Ok(Json(
+        json!({"event_id": event_id, "tx_id": p.tx_id, "block": p.block, "block_hash": p.block_hash, "verified": p.verified}),
+    ))
+}
+
+/// Accounting of disclosures (HIPAA 164.528 style): allowed reads of the
+/// patient's records by anyone but the patient.
+#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/disclosures", params(("patient_id" = String, Path), PageParams), security(("bearer" = [])),
+    responses((status = 200, description = "{disclosures, bookmark?}"), (status = 403, body = ErrorBody)))]
+pub async fn disclosures(
+    State(app): State<AppState>,
+    c: Caller,
+    Path(patient_id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> ApiResult<Json<Value>> {
+    check_id("patient", &patient_id)?;
+    let args = page_args(json!({"patient_id": patient_id, "decision": "allow"}), &p)?;
+    let page: Value = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "QueryAccessLog", &args)
+            .await?,
+    )?;
+    let list: Vec<Value> = page["events"]
+        .as_array()
+        .map(|evs| {
+            evs.iter()
+                .filter(|e| e["actor_role"] != "patient")
+                .map(|e| {
+                    json!({
+                        "event_id": e["event_id"], "time": e["time"], "recipient": e["actor"],
+                        "recipient_org": e["actor_org"], "recipient_role": e["actor_role"],
+                        "record_id": e["record_id"], "purpose": e["purpose"],
+                        "break_glass": e["break_glass"], "consent_id": e["consent_id"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Json(
+        json!({"disclosures": list, "bookmark": page.get("bookmark").cloned().unwrap_or(Value::Null)}),
+    ))
+}
+
+/// Export parameters: the filters of `/audit/events` plus `format`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// fhir (R4 Bundle of AuditEvent) or csv.
+    pub format: String,
+    pub patient: Option<String>,
+    pub actor: Option<String>,
+    pub org: Option<String>,
+    pub decision: Option<String>,
+    pub purpose: Option<String>,
+    pub break_glass: Option<bool>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+fn csv_field(v: &Value) -> String {
+    let s = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    // Neutralise spreadsheet formulas; quote always.
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s
+    };
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Audit events as FHIR R4 `Bundle` of `AuditEvent`, or CSV.
+#[utoipa::path(get, path = "/api/v1/audit/export", params(ExportParams), security(("bearer" = [])),
+    responses((status = 200, description = "FHIR Bundle (application/fhir+json) or CSV (text/csv)"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn audit_export(
+    State(app): State<AppState>,
+    c: Caller,
+    Query(p): Query<ExportParams>,
+) -> ApiResult<Response> {
+    if p.format != "fhir" && p.format != "csv" {
+        return Err(ApiError::bad_request("format must be fhir or csv"));
+    }
+    let q = AuditParams {
+        patient: p.patient,
+        actor: p.actor,
+        org: p.org,
+        decision: p.decision,
+        purpose: p.purpose,
+        break_glass: p.break_glass,
+        from: p.from,
+        to: p.to,
+        limit: p.limit,
+        cursor: p.cursor,
+    };
+    let Json(page) = audit_events(State(app), c, Query(q)).await?;
+    let events = page["events"].as_array().cloned().unwrap_or_default();
+    let (ctype, body) = if p.format == "csv" {
+        let cols = [
+            "event_id",
+            "tx_id",
+            "time",
+            "actor",
+            "actor_org",
+            "actor_role",
+            "patient_id",
+            "record_id",
+            "action",
+            "purpose",
+            "decision",
+            "reason",
+            "break_glass",
+        ];
+        let mut out = cols.join(",");
+        out.push('\n');
+        for e in &events {
+            let row: Vec<String> = cols.iter().map(|k| csv_field(&e[*k])).collect();
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        ("text/csv; charset=utf-8", out)
+    } else {
+        let entries: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                let allowed = e["decision"] == "allow";
+                json!({"resource": {
+                    "resourceType": "AuditEvent",
+                    "id": e["event_id"],
+                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+                    "action": "R",
+                    "recorded": e["time"],
+                    "outcome": if allowed { "0" } else { "4" },
+                    "outcomeDesc": e["reason"],
+                    "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": e["purpose"]}]}],
+                    "agent": [{"who": {"identifier": {"value": e["actor"]}}, "requestor": true,
+                               "role": [{"text": e["actor_role"]}], "network": {"address": e["actor_org"]}}],
+                    "source": {"observer": {"display": "ehrchain ledger"}},
+                    "entity": [{"what": {"identifier": {"value": e["record_id"]}}},
+                               {"what": {"identifier": {"value": e["patient_id"]}}, "role": {"code": "1", "display": "Patient"}}],
+                }})
+            })
+            .collect();
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "total": entries.len(), "entry": entries});
+        ("application/fhir+json", bundle.to_string())
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, ctype)
+        .body(Body::from(body))
+        .map_err(ApiError::internal)
+}
