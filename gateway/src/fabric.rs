@@ -192,9 +192,7 @@ impl Chain for FabricChain {
         let d = devnet.clone();
         let tx = tx_id.to_owned();
         tokio::task::spawn_blocking(move || {
-            let Some(p) = d.tx_proof(&tx) else {
-                return None;
-            };
+            let p = d.tx_proof(&tx)?;
             let report = d.verify();
             let in_chain = d.block_hash(p.block) == Some(p.block_hash);
             let chain_ok = report.verified || report.first_bad_block.is_some_and(|b| b > p.block);
