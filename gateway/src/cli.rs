@@ -57,6 +57,11 @@ pub enum Command {
     /// hospital orgs, an embedded blob store and one gateway per org, each on its own port.
     /// State is kept in the data dir and survives restarts.
     Up(UpArgs),
+    /// Run one org's gateway against an existing ledger (the devnet of an `ehr up` elsewhere,
+    /// or a Fabric peer's Gateway service). The org's state (CA, keys, SQLite) lives in
+    /// --data-dir; a CA created here must be added to the channel's MSP before users can
+    /// transact.
+    Serve(ServeArgs),
     /// Content-addressed blob store commands (the store `ehr up` uses by default:
     /// <data-dir>/blobs, or an IPFS node with --api): cid, put, get, pin, stat, gc, …
     Blob {
@@ -110,6 +115,44 @@ pub struct GatewayArgs {
     /// URL of the provider's JWKS (fetched and cached; refetched on an unknown `kid`).
     #[arg(long, env = "EHR_OIDC_JWKS_URL", value_name = "URL")]
     pub oidc_jwks_url: Option<String>,
+}
+
+/// `ehr serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+
+    /// The org (MSP id) this gateway serves.
+    #[arg(long, env = "EHR_ORG", value_name = "ORG")]
+    pub org: String,
+
+    /// Address to listen on. Default 127.0.0.1:8081.
+    #[arg(long, env = "EHR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Fabric Gateway endpoint of the ledger, e.g. http://127.0.0.1:7051.
+    #[arg(long, env = "EHR_LEDGER_URL", value_name = "URL")]
+    pub ledger_url: String,
+
+    /// Another org's gateway for cross-org key release, as ORG=URL (repeat or comma-separate).
+    #[arg(
+        long = "peer",
+        env = "EHR_PEERS",
+        value_delimiter = ',',
+        value_name = "ORG=URL"
+    )]
+    pub peers: Vec<String>,
+
+    /// Another org's CA certificate, as ORG=PEM_FILE (repeat or comma-separate); used to
+    /// authenticate other gateways' key-release requests.
+    #[arg(
+        long = "org-ca",
+        env = "EHR_ORG_CAS",
+        value_delimiter = ',',
+        value_name = "ORG=FILE"
+    )]
+    pub org_cas: Vec<String>,
 }
 
 /// `ehr up`.
@@ -181,6 +224,32 @@ mod tests {
         assert!(Cli::try_parse_from(["ehr", "up", "--base-port", "x"]).is_err());
         // OIDC needs all three settings.
         assert!(Cli::try_parse_from(["ehr", "up", "--oidc-issuer", "https://i"]).is_err());
+    }
+
+    #[test]
+    fn parses_serve() {
+        let cli = Cli::try_parse_from([
+            "ehr",
+            "serve",
+            "--org",
+            "hospital-a",
+            "--ledger-url",
+            "http://127.0.0.1:7051",
+            "--peer",
+            "hospital-b=http://127.0.0.1:8082",
+            "--org-ca",
+            "hospital-b=/tmp/b.pem",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(s.org, "hospital-a");
+        assert_eq!(s.peers, ["hospital-b=http://127.0.0.1:8082"]);
+        assert!(
+            Cli::try_parse_from(["ehr", "serve", "--org", "a"]).is_err(),
+            "ledger url is required"
+        );
     }
 
     #[test]

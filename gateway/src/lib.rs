@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod projector;
 pub mod reconcile;
+pub mod serve;
 pub mod up;

@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use ehr_gateway::cli::{Cli, Command, LogFormat};
+use ehr_gateway::cli::{Cli, Command, GatewayArgs, LogFormat};
 use ehr_gateway::config::{FileConfig, OidcConfig, defaults};
+use ehr_gateway::serve::{self, ServeConfig};
 use ehr_gateway::up::{self, UpConfig};
 
 fn init_tracing(format: LogFormat) {
@@ -15,6 +16,17 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
+    }
+}
+
+fn oidc_of(g: &GatewayArgs, file: &FileConfig) -> Option<OidcConfig> {
+    match (&g.oidc_issuer, &g.oidc_audience, &g.oidc_jwks_url) {
+        (Some(issuer), Some(audience), Some(jwks_url)) => Some(OidcConfig {
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+            jwks_url: jwks_url.clone(),
+        }),
+        _ => file.oidc.clone(),
     }
 }
 
@@ -36,16 +48,64 @@ async fn main() -> anyhow::Result<()> {
             let mut out = std::io::stdout();
             ehr_ipfs::cli::run(cmd, &mut out).await?;
         }
+        Command::Serve(args) => {
+            let g = args.gateway;
+            let oidc = oidc_of(&g, &file);
+            let cfg = ServeConfig {
+                org: args.org.clone(),
+                data_dir: g.data_dir.or(file.data_dir).unwrap_or_else(|| {
+                    std::path::Path::new(defaults::DATA_DIR)
+                        .join("orgs")
+                        .join(&args.org)
+                }),
+                listen: args.listen.unwrap_or_else(|| {
+                    std::net::SocketAddr::new(ehr_gateway::config::LOCALHOST, defaults::BASE_PORT)
+                }),
+                ledger_url: args.ledger_url,
+                database_url: g.database_url.or(file.database_url),
+                ipfs_api_url: g.ipfs_api_url.or(file.ipfs_api_url),
+                max_upload_bytes: g
+                    .max_upload_bytes
+                    .or(file.max_upload_bytes)
+                    .unwrap_or(defaults::MAX_UPLOAD_BYTES),
+                chunk_size: g
+                    .chunk_size
+                    .or(file.chunk_size)
+                    .unwrap_or(ehr_gateway::crypto::stream::DEFAULT_CHUNK_SIZE),
+                token_ttl_secs: g
+                    .token_ttl_secs
+                    .or(file.token_ttl_secs)
+                    .unwrap_or(defaults::TOKEN_TTL_SECS),
+                token_leeway_secs: g
+                    .token_leeway_secs
+                    .or(file.token_leeway_secs)
+                    .unwrap_or(defaults::TOKEN_LEEWAY_SECS),
+                oidc,
+                peers: args.peers,
+                org_cas: args.org_cas,
+                kek_hex: std::env::var("EHR_KEK").ok(),
+            };
+            let (g, stop) = serve::start(cfg).await.context("starting the gateway")?;
+            println!(
+                "{} gateway: {}/api/v1 (OpenAPI: {}/openapi.json)",
+                g.org, g.url, g.url
+            );
+            if let Some(pw) = &g.admin_password {
+                println!(
+                    "admin password: {pw} (also in {}/admin-password)",
+                    g.state.cfg.data_dir.display()
+                );
+            }
+            println!("Ctrl-C to stop.");
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            let _ = stop.send(true);
+            g.join().await;
+        }
         Command::Up(args) => {
             let g = args.gateway;
-            let oidc = match (g.oidc_issuer, g.oidc_audience, g.oidc_jwks_url) {
-                (Some(issuer), Some(audience), Some(jwks_url)) => Some(OidcConfig {
-                    issuer,
-                    audience,
-                    jwks_url,
-                }),
-                _ => file.oidc.clone(),
-            };
+            let oidc = oidc_of(&g, &file);
             let cfg = UpConfig {
                 data_dir: g
                     .data_dir

@@ -64,6 +64,16 @@ pub struct RunningGateway {
     projector: JoinHandle<()>,
 }
 
+impl RunningGateway {
+    /// Waits for the server and the projector to finish (after the stop
+    /// signal) and closes the database.
+    pub async fn join(self) {
+        let _ = self.handle.await;
+        let _ = self.projector.await;
+        self.state.db.close().await;
+    }
+}
+
 /// Demo accounts created by `--demo`.
 #[derive(Debug, Clone)]
 pub struct DemoUser {
@@ -97,9 +107,7 @@ impl Consortium {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for g in self.gateways.drain(..) {
-            let _ = g.handle.await;
-            let _ = g.projector.await;
-            g.state.db.close().await;
+            g.join().await;
         }
         if let Some(l) = self.ledger.take() {
             let _ = l.shutdown().await;
@@ -178,7 +186,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
 
     let mut gateways = Vec::new();
     for ((org, dir, kek, ca), (listener, url)) in orgs.into_iter().zip(listeners) {
-        let (database_url, schema) = match &cfg.database_url {
+        let (database_url, database_schema) = match &cfg.database_url {
             Some(u) => (
                 u.clone(),
                 Some(schema_name(&cfg.database_schema_prefix, &org)),
@@ -189,112 +197,32 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
             org: org.clone(),
             listen: listener.local_addr()?,
             data_dir: dir.clone(),
-            database_url: database_url.clone(),
-            database_schema: schema.clone(),
+            database_url,
+            database_schema,
             max_upload_bytes: cfg.max_upload_bytes,
             chunk_size: cfg.chunk_size,
             token_ttl_secs: cfg.token_ttl_secs,
             token_leeway_secs: cfg.token_leeway_secs,
             oidc: cfg.oidc.clone(),
-            public_url: url.clone(),
+            public_url: url,
             peers: peers.clone(),
             org_cas: org_cas.clone(),
         };
-        let db = Db::connect(&database_url, schema.as_deref())
-            .await
-            .with_context(|| format!("database of {org}"))?;
-        // The gateway's own service identity (an org admin).
-        let service_row = match db.identity(SERVICE_USER).await? {
-            Some(r) => r,
-            None => {
-                let u = User {
-                    user_id: SERVICE_USER.into(),
-                    username: SERVICE_USER.into(),
-                    role: "admin".into(),
-                    attributes: Map::new(),
-                    patient_id: None,
-                };
-                let row = crate::identity::enroll(&ca, &kek, &u)?;
-                db.put_identity(&row).await?;
-                row
-            }
-        };
-        let service = crate::identity::signer(&service_row, &kek)?;
-        let (issuer, verifier) = match &cfg.oidc {
-            Some(o) => {
-                let cache = JwksCache::new(
-                    &o.jwks_url,
-                    http.clone(),
-                    std::time::Duration::from_secs(300),
-                    std::time::Duration::from_secs(10),
-                );
-                (
-                    None,
-                    Verifier::new(
-                        &o.issuer,
-                        &o.audience,
-                        cfg.token_leeway_secs,
-                        KeySource::Jwks(Arc::new(cache)),
-                    ),
-                )
-            }
-            None => {
-                // Stable across restarts and port changes.
-                let i = Issuer::load_or_create(
-                    &dir,
-                    &format!("urn:ehrchain:issuer:{org}"),
-                    &format!("urn:ehrchain:gateway:{org}"),
-                    cfg.token_ttl_secs,
-                )?;
-                let v = i.verifier(cfg.token_leeway_secs);
-                (Some(i), v)
-            }
-        };
-        let chain = Arc::new(FabricChain::new(
-            &ledger_url,
-            CHANNEL,
-            CHAINCODE,
-            service.clone(),
-            Some(devnet.clone()),
-        )?);
-        let projector = tokio::spawn(crate::projector::run(chain.clone(), db.clone(), rx.clone()));
-        let state: AppState = Arc::new(Gateway {
-            cfg: gcfg,
-            db,
-            kek,
-            blobs: blobs.clone(),
-            chain,
-            ca,
-            issuer,
-            verifier,
-            metrics: Metrics::new(),
-            service,
-            http: http.clone(),
-        });
-        crate::reconcile::run(&state).await;
-        let admin_password = bootstrap_admin(&state, cfg.demo).await?;
-        let app = api::router(state.clone());
-        let mut stop = rx.clone();
-        let handle = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "gateway server failed");
-            }
-        });
-        tracing::info!(%org, %url, "gateway listening");
-        gateways.push(RunningGateway {
-            org,
-            url,
-            state,
-            admin_password,
-            handle,
-            projector,
-        });
+        gateways.push(
+            start_gateway(GatewayParts {
+                cfg: gcfg,
+                kek,
+                ca,
+                listener,
+                ledger_url: ledger_url.clone(),
+                devnet: Some(devnet.clone()),
+                blobs: blobs.clone(),
+                http: http.clone(),
+                stop: rx.clone(),
+                demo: cfg.demo,
+            })
+            .await?,
+        );
     }
     let mut c = Consortium {
         devnet,
@@ -308,6 +236,137 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
         c.demo_users = seed_demo(&c).await?;
     }
     Ok(c)
+}
+
+/// What one org's gateway needs to start.
+pub struct GatewayParts {
+    pub cfg: GatewayConfig,
+    pub kek: Kek,
+    pub ca: ehr_ledger::msp::ca::OrgCa,
+    pub listener: TcpListener,
+    pub ledger_url: String,
+    /// The in-process ledger, when there is one.
+    pub devnet: Option<Arc<Devnet>>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub http: reqwest::Client,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub demo: bool,
+}
+
+/// Starts one org's gateway: database and migrations, service identity,
+/// token issuer or OIDC verifier, ledger client, event projection,
+/// reconciliation, the first admin, and the HTTP server.
+pub async fn start_gateway(p: GatewayParts) -> anyhow::Result<RunningGateway> {
+    let GatewayParts {
+        cfg: gcfg,
+        kek,
+        ca,
+        listener,
+        ledger_url,
+        devnet,
+        blobs,
+        http,
+        stop: rx,
+        demo,
+    } = p;
+    let org = gcfg.org.clone();
+    let dir = gcfg.data_dir.clone();
+    let url = gcfg.public_url.clone();
+    let db = Db::connect(&gcfg.database_url, gcfg.database_schema.as_deref())
+        .await
+        .with_context(|| format!("database of {org}"))?;
+    // The gateway's own service identity (an org admin).
+    let service_row = match db.identity(SERVICE_USER).await? {
+        Some(r) => r,
+        None => {
+            let u = User {
+                user_id: SERVICE_USER.into(),
+                username: SERVICE_USER.into(),
+                role: "admin".into(),
+                attributes: Map::new(),
+                patient_id: None,
+            };
+            let row = crate::identity::enroll(&ca, &kek, &u)?;
+            db.put_identity(&row).await?;
+            row
+        }
+    };
+    let service = crate::identity::signer(&service_row, &kek)?;
+    let (issuer, verifier) = match &gcfg.oidc {
+        Some(o) => {
+            let cache = JwksCache::new(
+                &o.jwks_url,
+                http.clone(),
+                std::time::Duration::from_secs(300),
+                std::time::Duration::from_secs(10),
+            );
+            (
+                None,
+                Verifier::new(
+                    &o.issuer,
+                    &o.audience,
+                    gcfg.token_leeway_secs,
+                    KeySource::Jwks(Arc::new(cache)),
+                ),
+            )
+        }
+        None => {
+            // Stable across restarts and port changes.
+            let i = Issuer::load_or_create(
+                &dir,
+                &format!("urn:ehrchain:issuer:{org}"),
+                &format!("urn:ehrchain:gateway:{org}"),
+                gcfg.token_ttl_secs,
+            )?;
+            let v = i.verifier(gcfg.token_leeway_secs);
+            (Some(i), v)
+        }
+    };
+    let chain = Arc::new(FabricChain::new(
+        &ledger_url,
+        CHANNEL,
+        CHAINCODE,
+        service.clone(),
+        devnet,
+    )?);
+    let projector = tokio::spawn(crate::projector::run(chain.clone(), db.clone(), rx.clone()));
+    let state: AppState = Arc::new(Gateway {
+        cfg: gcfg,
+        db,
+        kek,
+        blobs: blobs.clone(),
+        chain,
+        ca,
+        issuer,
+        verifier,
+        metrics: Metrics::new(),
+        service,
+        http: http.clone(),
+    });
+    crate::reconcile::run(&state).await;
+    let admin_password = bootstrap_admin(&state, demo).await?;
+    let app = api::router(state.clone());
+    let mut stop = rx.clone();
+    let handle = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "gateway server failed");
+        }
+    });
+    tracing::info!(%org, %url, "gateway listening");
+    Ok(RunningGateway {
+        org,
+        url,
+        state,
+        admin_password,
+        handle,
+        projector,
+    })
 }
 
 /// Username, role and attributes of a demo account.

@@ -1,0 +1,141 @@
+//! `ehr serve`: one org's gateway against an existing ledger.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use ehr_ipfs::BlobStore;
+
+use crate::config::{GatewayConfig, OidcConfig};
+use crate::crypto::kek::Kek;
+use crate::up::{GatewayParts, RunningGateway, start_gateway};
+
+/// Resolved settings of `ehr serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub org: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub ledger_url: String,
+    pub database_url: Option<String>,
+    pub ipfs_api_url: Option<String>,
+    pub max_upload_bytes: u64,
+    pub chunk_size: u32,
+    pub token_ttl_secs: u64,
+    pub token_leeway_secs: u64,
+    pub oidc: Option<OidcConfig>,
+    /// `ORG=URL` entries.
+    pub peers: Vec<String>,
+    /// `ORG=PEM_FILE` entries.
+    pub org_cas: Vec<String>,
+    pub kek_hex: Option<String>,
+}
+
+fn split_pairs(what: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for it in items {
+        let Some((k, v)) = it.split_once('=') else {
+            bail!("{what}: expected ORG=VALUE, got {it:?}");
+        };
+        if !crate::config::valid_org(k) || v.is_empty() {
+            bail!("{what}: invalid entry {it:?}");
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+/// Starts the gateway; stop it with the returned sender.
+pub async fn start(
+    cfg: ServeConfig,
+) -> anyhow::Result<(RunningGateway, tokio::sync::watch::Sender<bool>)> {
+    anyhow::ensure!(
+        crate::config::valid_org(&cfg.org),
+        "invalid org name {:?}",
+        cfg.org
+    );
+    crate::config::validate_limits(cfg.max_upload_bytes, cfg.chunk_size)?;
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let kek = Kek::load_or_create(cfg.kek_hex.as_deref(), &cfg.data_dir)?;
+    let fresh_ca = !cfg.data_dir.join("ca").join("ca-cert.pem").exists();
+    let ca = crate::identity::load_or_create_ca(&cfg.data_dir, &cfg.org, &kek)?;
+    if fresh_ca {
+        tracing::warn!(
+            path = %cfg.data_dir.join("ca/ca-cert.pem").display(),
+            "created a new org CA: add this certificate to the channel's MSP for {}",
+            cfg.org
+        );
+    }
+    let mut org_cas = BTreeMap::new();
+    for (org, path) in split_pairs("--org-ca", &cfg.org_cas)? {
+        let pem = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        org_cas.insert(org, pem);
+    }
+    org_cas.insert(cfg.org.clone(), ca.cert_pem().to_owned());
+    let peers = split_pairs("--peer", &cfg.peers)?;
+    let blobs: Arc<dyn BlobStore> = match &cfg.ipfs_api_url {
+        Some(url) => Arc::new(ehr_ipfs::KuboStore::new(ehr_ipfs::KuboConfig::new(
+            url.clone(),
+        ))?),
+        None => Arc::new(ehr_ipfs::EmbeddedStore::open(cfg.data_dir.join("blobs")).await?),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (database_url, database_schema) = match &cfg.database_url {
+        Some(u) => (
+            u.clone(),
+            Some(format!("ehr_{}", cfg.org.replace('-', "_"))),
+        ),
+        None => (crate::db::sqlite_url(&cfg.data_dir), None),
+    };
+    let gcfg = GatewayConfig {
+        org: cfg.org.clone(),
+        listen: listener.local_addr()?,
+        data_dir: cfg.data_dir.clone(),
+        database_url,
+        database_schema,
+        max_upload_bytes: cfg.max_upload_bytes,
+        chunk_size: cfg.chunk_size,
+        token_ttl_secs: cfg.token_ttl_secs,
+        token_leeway_secs: cfg.token_leeway_secs,
+        oidc: cfg.oidc.clone(),
+        public_url: url,
+        peers,
+        org_cas,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let g = start_gateway(GatewayParts {
+        cfg: gcfg,
+        kek,
+        ca,
+        listener,
+        ledger_url: cfg.ledger_url.clone(),
+        devnet: None,
+        blobs,
+        http,
+        stop: rx,
+        demo: false,
+    })
+    .await?;
+    Ok((g, tx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs() {
+        let m = split_pairs("--peer", &["hospital-b=http://x".into()]).unwrap();
+        assert_eq!(m["hospital-b"], "http://x");
+        assert!(split_pairs("--peer", &["nope".into()]).is_err());
+        assert!(split_pairs("--peer", &["Bad Org=x".into()]).is_err());
+    }
+}
