@@ -52,6 +52,9 @@ struct Args {
     /// Block cut: milliseconds after the first transaction.
     #[arg(long, default_value_t = 2)]
     block_ms: u64,
+    /// Only time ECDSA sign and verify (the per-transaction floor) and exit.
+    #[arg(long)]
+    crypto_only: bool,
     /// Data directory (default: a fresh temporary directory).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -180,6 +183,9 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    if args.crypto_only {
+        return crypto_bench();
+    }
     let tmp = tempfile_dir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| tmp.clone());
 
@@ -252,6 +258,7 @@ async fn main() -> Result<()> {
     );
 
     let per_worker = args.txs.div_ceil(workers);
+    let cpu0 = process_cpu_secs();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..workers {
@@ -299,6 +306,7 @@ async fn main() -> Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu_secs() - cpu0;
     lat.sort();
     let valid = codes.get(&0).copied().unwrap_or(0);
     let blocks = devnet.height() - h0;
@@ -325,6 +333,12 @@ async fn main() -> Result<()> {
         blocks,
         lat.len() as f64 / blocks.max(1) as f64
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "process CPU in the measured phase: {cpu:.2} core-s = {:.0}% of {cores} cores; {:.0} committed tx per CPU-second",
+        100.0 * cpu / elapsed.as_secs_f64() / cores as f64,
+        valid as f64 / cpu.max(1e-9)
+    );
     if std::env::var_os("LEDGER_LOAD_VERIFY").is_some() {
         let t = Instant::now();
         let r = devnet.verify();
@@ -338,6 +352,41 @@ async fn main() -> Result<()> {
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
+    Ok(())
+}
+
+/// User + system CPU seconds of this process (Linux `/proc/self/stat`).
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+fn crypto_bench() -> Result<()> {
+    let ca = OrgCa::generate("HospitalAMSP", "hospital-a")?;
+    let id = ca.issue("bench", CertRole::Client, &[])?;
+    let msp = ehr_ledger::msp::Msp::new([ca.org_msp()?]);
+    let v = msp.deserialize(id.serialized())?;
+    let msg = vec![7u8; 2048];
+    let n = 5000;
+    let t = Instant::now();
+    let mut sig = Vec::new();
+    for _ in 0..n {
+        sig = id.sign(&msg);
+    }
+    let sign = t.elapsed() / n;
+    let t = Instant::now();
+    for _ in 0..n {
+        v.verify(&msg, &sig)?;
+    }
+    let verify = t.elapsed() / n;
+    println!("ECDSA P-256 on one core: sign {sign:?}, verify {verify:?} (2 KiB message)");
     Ok(())
 }
 
