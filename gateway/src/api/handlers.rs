@@ -599,7 +599,7 @@ pub async fn record_content(
     }
     // 0. An unknown record is a plain 404 (nothing written); a record the
     //    caller may not even see still goes to a logged decision.
-    match app
+    let visible = match app
         .chain
         .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
         .await
@@ -610,8 +610,9 @@ pub async fn record_content(
             ..
         }) => return Err(ApiError::not_found(message)),
         Err(e @ crate::chain::ChainError::Unavailable(_)) => return Err(e.into()),
-        _ => {}
-    }
+        Err(_) => None,
+        Ok(bytes) => Some(bytes),
+    };
     // 1. The decision, on-chain and logged, allowed or denied.
     let committed = app.chain.submit(&c.signer, "RequestAccess", &args).await?;
     let decision: Value = parse_json(&committed.payload)?;
@@ -637,11 +638,17 @@ pub async fn record_content(
     }
     app.metrics.access_allowed.inc();
     // 2. Fetch, verify, decrypt.
-    let record: Value = parse_json(
-        &app.chain
-            .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
-            .await?,
-    )?;
+    // Metadata is immutable but for erasure, which an allowed decision
+    // excludes; reuse what step 0 read when the caller could see it.
+    let record_bytes = match visible {
+        Some(b) => b,
+        None => {
+            app.chain
+                .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
+                .await?
+        }
+    };
+    let record: Value = parse_json(&record_bytes)?;
     let field = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
     let (Some(cid), Some(sha), Some(capsule_ref)) =
         (field("cid"), field("sha256"), field("capsule_ref"))
