@@ -54,7 +54,21 @@ impl Net {
     /// Starts a consortium with `--demo` accounts. `None` when the services
     /// are missing outside CI (skip).
     pub async fn start(services: Services, max_upload_bytes: u64) -> Result<Option<Net>> {
-        Self::start_in(services, max_upload_bytes, tempfile::tempdir()?, None).await
+        Self::start_in(services, max_upload_bytes, tempfile::tempdir()?, None, None).await
+    }
+
+    /// Like [`Net::start`] with an external OIDC provider instead of the
+    /// built-in issuer.
+    pub async fn start_oidc(oidc: ehr_gateway::config::OidcConfig) -> Result<Net> {
+        Self::start_in(
+            Services::Embedded,
+            1 << 20,
+            tempfile::tempdir()?,
+            None,
+            Some(oidc),
+        )
+        .await?
+        .context("embedded services are always there")
     }
 
     /// Like [`Net::start`], in a given data dir (kept by the returned `Net`)
@@ -65,6 +79,7 @@ impl Net {
         max_upload_bytes: u64,
         dir: tempfile::TempDir,
         schema_prefix: Option<String>,
+        oidc: Option<ehr_gateway::config::OidcConfig>,
     ) -> Result<Option<Net>> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _ = tracing_subscriber::fmt()
@@ -103,7 +118,7 @@ impl Net {
             chunk_size: ehr_gateway::crypto::stream::DEFAULT_CHUNK_SIZE,
             token_ttl_secs: 3600,
             token_leeway_secs: 30,
-            oidc: None,
+            oidc,
             demo: true,
             kek_hex: None,
         };
