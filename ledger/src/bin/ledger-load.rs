@@ -55,6 +55,9 @@ struct Args {
     /// Only time ECDSA sign and verify (the per-transaction floor) and exit.
     #[arg(long)]
     crypto_only: bool,
+    /// After the run, close the ledger and time reopening it (replay).
+    #[arg(long)]
+    reopen: bool,
     /// Data directory (default: a fresh temporary directory).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -205,7 +208,7 @@ async fn main() -> Result<()> {
         timeout: Duration::from_millis(args.block_ms),
         ..BatchConfig::default()
     };
-    let devnet = Devnet::open(cfg)?;
+    let devnet = Devnet::open(cfg.clone())?;
 
     let workers = args.concurrency.max(1);
     let patients = (0..workers)
@@ -234,11 +237,17 @@ async fn main() -> Result<()> {
     let conn = if args.grpc {
         let h = devnet.serve("127.0.0.1:0".parse()?).await?;
         let url = format!("http://{}", h.local_addr);
+        // One HTTP/2 connection multiplexed by every identity, as a gateway
+        // process would hold.
+        let channel = tonic::transport::Endpoint::from_shared(url)?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
         let mut clients = BTreeMap::new();
         for id in actors.patients.iter().chain([&actors.clin, &actors.bob]) {
             clients.insert(
                 id.cert_pem().to_string(),
-                GatewayClient::connect(&url, id.clone()).await?,
+                GatewayClient::from_channel(channel.clone(), id.clone()),
             );
         }
         _server = Some(h);
@@ -347,6 +356,21 @@ async fn main() -> Result<()> {
             r.verified,
             r.height,
             t.elapsed().as_secs_f64()
+        );
+    }
+    if args.reopen {
+        let height = devnet.height();
+        drop(_server);
+        drop(conn);
+        drop(devnet);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        let again = Devnet::open(cfg)?;
+        println!(
+            "reopen (replay of {} blocks): {:.2}s, height {}",
+            height,
+            t.elapsed().as_secs_f64(),
+            again.height()
         );
     }
     if args.data_dir.is_none() {
