@@ -19,14 +19,48 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn oidc_of(g: &GatewayArgs, file: &FileConfig) -> Option<OidcConfig> {
-    match (&g.oidc_issuer, &g.oidc_audience, &g.oidc_jwks_url) {
-        (Some(issuer), Some(audience), Some(jwks_url)) => Some(OidcConfig {
-            issuer: issuer.clone(),
-            audience: audience.clone(),
-            jwks_url: jwks_url.clone(),
-        }),
-        _ => file.oidc.clone(),
+/// Settings every gateway shares, resolved flag/env > file > default.
+struct Common {
+    database_url: Option<String>,
+    ipfs_api_url: Option<String>,
+    max_upload_bytes: u64,
+    chunk_size: u32,
+    token_ttl_secs: u64,
+    token_leeway_secs: u64,
+    oidc: Option<OidcConfig>,
+}
+
+impl Common {
+    fn resolve(g: &GatewayArgs, file: &FileConfig) -> Self {
+        let oidc = match (&g.oidc_issuer, &g.oidc_audience, &g.oidc_jwks_url) {
+            (Some(issuer), Some(audience), Some(jwks_url)) => Some(OidcConfig {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                jwks_url: jwks_url.clone(),
+            }),
+            _ => file.oidc.clone(),
+        };
+        Self {
+            database_url: g.database_url.clone().or_else(|| file.database_url.clone()),
+            ipfs_api_url: g.ipfs_api_url.clone().or_else(|| file.ipfs_api_url.clone()),
+            max_upload_bytes: g
+                .max_upload_bytes
+                .or(file.max_upload_bytes)
+                .unwrap_or(defaults::MAX_UPLOAD_BYTES),
+            chunk_size: g
+                .chunk_size
+                .or(file.chunk_size)
+                .unwrap_or(ehr_gateway::crypto::stream::DEFAULT_CHUNK_SIZE),
+            token_ttl_secs: g
+                .token_ttl_secs
+                .or(file.token_ttl_secs)
+                .unwrap_or(defaults::TOKEN_TTL_SECS),
+            token_leeway_secs: g
+                .token_leeway_secs
+                .or(file.token_leeway_secs)
+                .unwrap_or(defaults::TOKEN_LEEWAY_SECS),
+            oidc,
+        }
     }
 }
 
@@ -50,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let g = args.gateway;
-            let oidc = oidc_of(&g, &file);
+            let common = Common::resolve(&g, &file);
             let cfg = ServeConfig {
                 org: args.org.clone(),
                 data_dir: g.data_dir.or(file.data_dir).unwrap_or_else(|| {
@@ -62,25 +96,13 @@ async fn main() -> anyhow::Result<()> {
                     std::net::SocketAddr::new(ehr_gateway::config::LOCALHOST, defaults::BASE_PORT)
                 }),
                 ledger_url: args.ledger_url,
-                database_url: g.database_url.or(file.database_url),
-                ipfs_api_url: g.ipfs_api_url.or(file.ipfs_api_url),
-                max_upload_bytes: g
-                    .max_upload_bytes
-                    .or(file.max_upload_bytes)
-                    .unwrap_or(defaults::MAX_UPLOAD_BYTES),
-                chunk_size: g
-                    .chunk_size
-                    .or(file.chunk_size)
-                    .unwrap_or(ehr_gateway::crypto::stream::DEFAULT_CHUNK_SIZE),
-                token_ttl_secs: g
-                    .token_ttl_secs
-                    .or(file.token_ttl_secs)
-                    .unwrap_or(defaults::TOKEN_TTL_SECS),
-                token_leeway_secs: g
-                    .token_leeway_secs
-                    .or(file.token_leeway_secs)
-                    .unwrap_or(defaults::TOKEN_LEEWAY_SECS),
-                oidc,
+                database_url: common.database_url,
+                ipfs_api_url: common.ipfs_api_url,
+                max_upload_bytes: common.max_upload_bytes,
+                chunk_size: common.chunk_size,
+                token_ttl_secs: common.token_ttl_secs,
+                token_leeway_secs: common.token_leeway_secs,
+                oidc: common.oidc,
                 peers: args.peers,
                 org_cas: args.org_cas,
                 kek_hex: std::env::var("EHR_KEK").ok(),
@@ -105,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => {
             let g = args.gateway;
-            let oidc = oidc_of(&g, &file);
+            let common = Common::resolve(&g, &file);
             let cfg = UpConfig {
                 data_dir: g
                     .data_dir
@@ -129,26 +151,14 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     args.orgs
                 },
-                database_url: g.database_url.or(file.database_url),
+                database_url: common.database_url,
                 database_schema_prefix: "ehr".into(),
-                ipfs_api_url: g.ipfs_api_url.or(file.ipfs_api_url),
-                max_upload_bytes: g
-                    .max_upload_bytes
-                    .or(file.max_upload_bytes)
-                    .unwrap_or(defaults::MAX_UPLOAD_BYTES),
-                chunk_size: g
-                    .chunk_size
-                    .or(file.chunk_size)
-                    .unwrap_or(ehr_gateway::crypto::stream::DEFAULT_CHUNK_SIZE),
-                token_ttl_secs: g
-                    .token_ttl_secs
-                    .or(file.token_ttl_secs)
-                    .unwrap_or(defaults::TOKEN_TTL_SECS),
-                token_leeway_secs: g
-                    .token_leeway_secs
-                    .or(file.token_leeway_secs)
-                    .unwrap_or(defaults::TOKEN_LEEWAY_SECS),
-                oidc,
+                ipfs_api_url: common.ipfs_api_url,
+                max_upload_bytes: common.max_upload_bytes,
+                chunk_size: common.chunk_size,
+                token_ttl_secs: common.token_ttl_secs,
+                token_leeway_secs: common.token_leeway_secs,
+                oidc: common.oidc,
                 demo: args.demo,
                 kek_hex: std::env::var("EHR_KEK").ok(),
             };

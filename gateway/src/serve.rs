@@ -3,10 +3,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use ehr_ipfs::BlobStore;
 
 use crate::config::{GatewayConfig, OidcConfig};
 use crate::crypto::kek::Kek;
@@ -75,12 +73,7 @@ pub async fn start(
     }
     org_cas.insert(cfg.org.clone(), ca.cert_pem().to_owned());
     let peers = split_pairs("--peer", &cfg.peers)?;
-    let blobs: Arc<dyn BlobStore> = match &cfg.ipfs_api_url {
-        Some(url) => Arc::new(ehr_ipfs::KuboStore::new(ehr_ipfs::KuboConfig::new(
-            url.clone(),
-        ))?),
-        None => Arc::new(ehr_ipfs::EmbeddedStore::open(cfg.data_dir.join("blobs")).await?),
-    };
+    let blobs = crate::up::open_blob_store(cfg.ipfs_api_url.as_deref(), &cfg.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;

@@ -153,12 +153,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
     let ledger_url = format!("http://{}", ledger.local_addr);
 
     // The blob store.
-    let blobs: Arc<dyn BlobStore> = match &cfg.ipfs_api_url {
-        Some(url) => Arc::new(ehr_ipfs::kubo::KuboStore::new(
-            ehr_ipfs::kubo::KuboConfig::new(url.clone()),
-        )?),
-        None => Arc::new(ehr_ipfs::EmbeddedStore::open(cfg.data_dir.join("blobs")).await?),
-    };
+    let blobs = open_blob_store(cfg.ipfs_api_url.as_deref(), &cfg.data_dir).await?;
 
     // Bind every listener first so peers know each other's URLs.
     let mut listeners = Vec::new();
@@ -236,6 +231,17 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
         c.demo_users = seed_demo(&c).await?;
     }
     Ok(c)
+}
+
+/// The IPFS node at `ipfs_api_url`, else the embedded store in `dir/blobs`.
+pub async fn open_blob_store(
+    ipfs_api_url: Option<&str>,
+    dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn BlobStore>> {
+    Ok(match ipfs_api_url {
+        Some(url) => Arc::new(ehr_ipfs::KuboStore::new(ehr_ipfs::KuboConfig::new(url))?),
+        None => Arc::new(ehr_ipfs::EmbeddedStore::open(dir.join("blobs")).await?),
+    })
 }
 
 /// What one org's gateway needs to start.

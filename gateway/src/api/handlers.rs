@@ -26,6 +26,16 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_gateway(format!("unexpected ledger answer: {e}")))
 }
 
+/// The patient's Umbral public key from a `GetPatient` answer (`0x` + hex).
+fn patient_public_key(patient: &Value) -> ApiResult<Vec<u8>> {
+    patient
+        .get("pre_public_key")
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix("0x"))
+        .and_then(|s| hex::decode(s).ok())
+        .ok_or_else(|| ApiError::bad_gateway("patient has no usable public key"))
+}
+
 fn random_id(prefix: &str) -> String {
     let b: [u8; 12] = rand::random();
     format!("{prefix}{}", hex::encode(b))
@@ -379,12 +389,7 @@ pub async fn upload_record(
             .evaluate(&c.signer, "GetPatient", &json!({"patient_id": patient_id}))
             .await?,
     )?;
-    let pk_hex = patient
-        .get("pre_public_key")
-        .and_then(Value::as_str)
-        .and_then(|s| s.strip_prefix("0x"))
-        .and_then(|s| hex::decode(s).ok())
-        .ok_or_else(|| ApiError::bad_gateway("patient has no usable public key"))?;
+    let pk_hex = patient_public_key(&patient)?;
 
     let record_id = random_id("r-");
     app.db
@@ -721,12 +726,7 @@ async fn dek_for(
         .get("home_org")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let pk = patient
-        .get("pre_public_key")
-        .and_then(Value::as_str)
-        .and_then(|s| s.strip_prefix("0x"))
-        .and_then(|s| hex::decode(s).ok())
-        .ok_or_else(|| ApiError::bad_gateway("patient has no usable public key"))?;
+    let pk = patient_public_key(&patient)?;
     keyrelease::request(app, home, event_id, record_id, &pk, &sealed).await
 }
 
