@@ -54,7 +54,29 @@ impl Net {
     /// Starts a consortium with `--demo` accounts. `None` when the services
     /// are missing outside CI (skip).
     pub async fn start(services: Services, max_upload_bytes: u64) -> Result<Option<Net>> {
-        Self::start_in(services, max_upload_bytes, tempfile::tempdir()?, None, None).await
+        Self::start_in(
+            services,
+            max_upload_bytes,
+            tempfile::tempdir()?,
+            None,
+            |_| {},
+        )
+        .await
+    }
+
+    /// A consortium whose blob store is the IPFS node at `ipfs_api_url`
+    /// (e.g. one that is down), with SQLite.
+    pub async fn start_with_ipfs(ipfs_api_url: &str) -> Result<Net> {
+        let url = ipfs_api_url.to_owned();
+        Self::start_in(
+            Services::Embedded,
+            1 << 20,
+            tempfile::tempdir()?,
+            None,
+            |c| c.ipfs_api_url = Some(url),
+        )
+        .await?
+        .context("embedded services are always there")
     }
 
     /// Like [`Net::start`] with an external OIDC provider instead of the
@@ -65,7 +87,7 @@ impl Net {
             1 << 20,
             tempfile::tempdir()?,
             None,
-            Some(oidc),
+            |c| c.oidc = Some(oidc),
         )
         .await?
         .context("embedded services are always there")
@@ -73,13 +95,13 @@ impl Net {
 
     /// Like [`Net::start`], in a given data dir (kept by the returned `Net`)
     /// and, for PostgreSQL, with a given schema prefix: starting twice on the
-    /// same pair is a restart.
+    /// same pair is a restart. `customize` may change any setting last.
     pub async fn start_in(
         services: Services,
         max_upload_bytes: u64,
         dir: tempfile::TempDir,
         schema_prefix: Option<String>,
-        oidc: Option<ehr_gateway::config::OidcConfig>,
+        customize: impl FnOnce(&mut UpConfig),
     ) -> Result<Option<Net>> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _ = tracing_subscriber::fmt()
@@ -102,7 +124,7 @@ impl Net {
         };
         let schema_prefix = schema_prefix
             .unwrap_or_else(|| format!("ehr_t{}", hex::encode(rand::random::<[u8; 6]>())));
-        let cfg = UpConfig {
+        let mut cfg = UpConfig {
             data_dir: dir.path().to_path_buf(),
             bind: ehr_gateway::config::LOCALHOST,
             base_port: 0,
@@ -118,10 +140,11 @@ impl Net {
             chunk_size: ehr_gateway::crypto::stream::DEFAULT_CHUNK_SIZE,
             token_ttl_secs: 3600,
             token_leeway_secs: 30,
-            oidc,
+            oidc: None,
             demo: true,
             kek_hex: None,
         };
+        customize(&mut cfg);
         let c = up::start(cfg).await.context("starting the consortium")?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))

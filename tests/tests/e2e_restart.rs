@@ -29,7 +29,7 @@ async fn restart(services: Services) -> Result<()> {
     let rid = v["record_id"].as_str().unwrap().to_owned();
     let (dir, prefix) = net.stop_keep().await;
 
-    let net = Net::start_in(services, 1 << 20, dir, Some(prefix), None)
+    let net = Net::start_in(services, 1 << 20, dir, Some(prefix), |_| {})
         .await?
         .expect("services still there");
     assert_eq!(
