@@ -396,33 +396,31 @@ pub async fn upload_record(
         .upload_started(&record_id, &patient_id, &c.user.user_id)
         .await?;
     let dek = Dek::generate();
-    let stream = body.into_data_stream().map_err(|e| e.to_string());
-    let stored = match pipeline::encrypt_into_store(
-        app.blobs.as_ref(),
-        stream,
-        &dek,
-        app.cfg.chunk_size,
-        limit,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = app
-                .db
-                .upload_cleaned(&record_id, UploadState::Started, &e.to_string())
-                .await;
-            return Err(pipeline_error(e));
-        }
-    };
+    // Seal first: a bad patient key fails before anything is stored.
     let sealed = UmbralSealer
         .seal(&pk_hex, &dek)
         .map_err(|e| ApiError::bad_gateway(format!("sealing the key: {e}")))?;
     let sealed_json = serde_json::to_vec(&sealed).map_err(ApiError::internal)?;
-    let capsule_cid = match pipeline::put_small(app.blobs.as_ref(), sealed_json).await {
-        Ok(c) => c,
-        Err(e) => {
-            unpin_quietly(&app, &[stored.cid]).await;
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    // The file and the sealed key are stored side by side.
+    let (stored, capsule) = tokio::join!(
+        pipeline::encrypt_into_store(app.blobs.as_ref(), stream, &dek, app.cfg.chunk_size, limit),
+        pipeline::put_small(app.blobs.as_ref(), sealed_json),
+    );
+    let (stored, capsule_cid) = match (stored, capsule) {
+        (Ok(s), Ok(c)) => (s, c),
+        (Err(e), other) => {
+            if let Ok(c) = other {
+                unpin_quietly(&app, &[c]).await;
+            }
+            let _ = app
+                .db
+                .upload_cleaned(&record_id, UploadState::Started, &e.to_string())
+                .await;
+            return Err(pipeline_error(e));
+        }
+        (Ok(s), Err(e)) => {
+            unpin_quietly(&app, &[s.cid]).await;
             let _ = app
                 .db
                 .upload_cleaned(&record_id, UploadState::Started, &e.to_string())
@@ -430,7 +428,8 @@ pub async fn upload_record(
             return Err(pipeline_error(e));
         }
     };
-    app.db
+    if let Err(e) = app
+        .db
         .upload_blob_stored(
             &record_id,
             &stored.cid.to_string(),
@@ -438,7 +437,12 @@ pub async fn upload_record(
             &stored.sha256,
             stored.plaintext_size as i64,
         )
-        .await?;
+        .await
+    {
+        // Without bookkeeping, reconciliation could not find these blobs.
+        unpin_quietly(&app, &[stored.cid, capsule_cid]).await;
+        return Err(e.into());
+    }
     let args = json!({
         "record_id": record_id,
         "patient_id": patient_id,

@@ -46,6 +46,9 @@ pub struct Gateway {
     pub http: reqwest::Client,
 }
 
+/// Largest JSON request body.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+
 /// Shared state of the router.
 pub type AppState = Arc<Gateway>;
 
@@ -102,7 +105,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi_router().split_for_parts();
     let doc = Arc::new(doc);
-    let max = state.cfg.max_upload_bytes;
+
     api.route(
         "/openapi.json",
         axum::routing::get(move || {
@@ -112,7 +115,7 @@ pub fn router(state: AppState) -> Router {
     )
     .fallback(|| async { error::ApiError::not_found("no such endpoint") })
     // JSON bodies are small; the upload route streams and enforces its own limit.
-    .layer(DefaultBodyLimit::max(usize::try_from(max.min(64 * 1024 * 1024)).unwrap_or(usize::MAX)))
+    .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
     .layer(axum::middleware::map_response(error_shape))
     .layer(axum::middleware::from_fn_with_state(state.clone(), track))
     .layer(PropagateRequestIdLayer::x_request_id())
