@@ -253,13 +253,11 @@ async fn scenario(services: Services) -> Result<()> {
 
     // Operations endpoints.
     let base = net.c.url(A).unwrap().to_owned();
-    assert_eq!(
-        net.http
-            .get(format!("{base}/healthz"))
-            .send()
-            .await?
-            .status(),
-        200
+    let r = net.http.get(format!("{base}/healthz")).send().await?;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("x-request-id").is_some(),
+        "request id on every response"
     );
     let r = net.http.get(format!("{base}/readyz")).send().await?;
     assert_eq!(r.status(), 200);
