@@ -429,8 +429,14 @@ async fn verify_reports_the_tampered_block() {
     forge(&f, off2, 2, &rec);
     let report = devnet.verify();
     assert_eq!(report.first_bad_block, Some(2), "{report:?}");
+    // A second process cannot open the ledger while it is open.
+    let busy = match ehr_ledger::Devnet::open(common::config(dir.path(), &o)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened twice"),
+    };
+    assert!(busy.contains("in use"), "{busy}");
     // Reopening refuses the damaged store and names the block.
-    drop(_h);
+    _h.shutdown().await.unwrap();
     drop(c);
     drop(devnet);
     let err = match ehr_ledger::Devnet::open(common::config(dir.path(), &o)) {
@@ -488,7 +494,13 @@ async fn reopen_keeps_state_and_refuses_other_orgs() {
         b"3"
     );
     assert!(devnet.verify().verified);
+    _h.shutdown().await.unwrap();
+    drop(c);
     drop(devnet);
     let other = orgs();
-    assert!(ehr_ledger::Devnet::open(common::config(dir.path(), &other)).is_err());
+    let err = match ehr_ledger::Devnet::open(common::config(dir.path(), &other)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened with other orgs"),
+    };
+    assert!(err.contains("genesis"), "{err}");
 }

@@ -46,6 +46,8 @@ use mvcc::{BlockUpdates, decode_rwset};
 
 /// Name of the block file inside the data directory.
 pub const BLOCK_FILE: &str = "blocks.dat";
+/// Lock file: one process at a time owns a ledger directory.
+pub const LOCK_FILE: &str = "LOCK";
 
 /// Ledger failures.
 #[derive(Debug, Error)]
@@ -247,6 +249,8 @@ struct Chain {
 }
 
 pub(crate) struct Core {
+    /// Held (flock) for as long as the ledger is open.
+    _lock: std::fs::File,
     channel: String,
     msp: Msp,
     state: Arc<RwLock<WorldState>>,
@@ -270,7 +274,19 @@ enum Host {
 
 struct Shared {
     core: Arc<Core>,
-    orderer: SyncSender<Pending>,
+    orderer: Option<SyncSender<Pending>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the queue ends the committer after the block it is on;
+        // waiting for it releases the data directory lock deterministically.
+        self.orderer.take();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// A running devnet ledger. Cheap to clone; the committer thread stops when
@@ -328,6 +344,17 @@ impl Devnet {
             }
         }
         std::fs::create_dir_all(&config.data_dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(config.data_dir.join(LOCK_FILE))?;
+        if lock.try_lock().is_err() {
+            return Err(LedgerError::Config(format!(
+                "ledger at {} is in use by another process",
+                config.data_dir.display()
+            )));
+        }
         let (blocks, recovery) =
             BlockFile::open(&config.data_dir.join(BLOCK_FILE), config.durable)?;
         if recovery.truncated_bytes > 0 {
@@ -368,6 +395,7 @@ impl Devnet {
         }
         let (events, _) = broadcast::channel(1024);
         let core = Arc::new(Core {
+            _lock: lock,
             channel: config.channel.clone(),
             msp,
             state: Arc::new(RwLock::new(WorldState::default())),
@@ -384,11 +412,15 @@ impl Devnet {
         core.replay(&genesis)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(ORDERER_QUEUE);
         let c = core.clone();
-        std::thread::Builder::new()
+        let committer = std::thread::Builder::new()
             .name("devnet-committer".into())
             .spawn(move || c.run_committer(rx))?;
         Ok(Self {
-            shared: Arc::new(Shared { core, orderer: tx }),
+            shared: Arc::new(Shared {
+                core,
+                orderer: Some(tx),
+                committer: Some(committer),
+            }),
         })
     }
 
@@ -558,7 +590,10 @@ impl Devnet {
             timestamp: parsed.timestamp,
             precheck,
         };
-        match self.shared.orderer.try_send(p) {
+        let Some(orderer) = self.shared.orderer.as_ref() else {
+            return Err(LedgerError::Closed);
+        };
+        match orderer.try_send(p) {
             Ok(()) => Ok(parsed.tx_id),
             Err(TrySendError::Full(_)) => Err(LedgerError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(LedgerError::Closed),
