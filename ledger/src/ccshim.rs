@@ -454,3 +454,187 @@ fn next_batch(
     }
     Ok(resp.encode_to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::TxContext;
+    use crate::state::{Version, WorldState};
+    use std::sync::RwLock;
+
+    fn sim_with(n: usize) -> Simulator {
+        let mut s = WorldState::default();
+        let id: Arc<str> = Arc::from("t0");
+        for i in 0..n {
+            s.apply_write(
+                "cc",
+                &format!("k{i:03}"),
+                Some(b"v"),
+                Version {
+                    block: 1,
+                    tx: i as u64,
+                },
+                &id,
+                Default::default(),
+            );
+        }
+        Simulator::new(Arc::new(RwLock::new(s)), "cc", TxContext::default())
+    }
+
+    fn keys(r: &QueryResponse) -> Vec<String> {
+        r.results
+            .iter()
+            .map(|b| Kv::decode(b.result_bytes.as_slice()).unwrap().key)
+            .collect()
+    }
+
+    #[test]
+    fn range_iterator_batches_and_closes() {
+        let mut sim = sim_with(250);
+        let mut iters = HashMap::new();
+        let mut next = 0;
+        let req = GetStateByRange {
+            start_key: "k".into(),
+            end_key: "l".into(),
+            ..Default::default()
+        };
+        let first = QueryResponse::decode(
+            serve(
+                &mut sim,
+                Type::GetStateByRange,
+                &req.encode_to_vec(),
+                &mut iters,
+                &mut next,
+            )
+            .unwrap()
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(first.results.len(), BATCH);
+        assert!(first.has_more);
+        let mut all = keys(&first);
+        loop {
+            let n = QueryStateNext {
+                id: first.id.clone(),
+            };
+            let r = QueryResponse::decode(
+                serve(
+                    &mut sim,
+                    Type::QueryStateNext,
+                    &n.encode_to_vec(),
+                    &mut iters,
+                    &mut next,
+                )
+                .unwrap()
+                .as_slice(),
+            )
+            .unwrap();
+            all.extend(keys(&r));
+            if !r.has_more {
+                break;
+            }
+        }
+        assert_eq!(all.len(), 250);
+        assert_eq!(all[0], "k000");
+        assert_eq!(all[249], "k249");
+        let c = QueryStateClose {
+            id: first.id.clone(),
+        };
+        serve(
+            &mut sim,
+            Type::QueryStateClose,
+            &c.encode_to_vec(),
+            &mut iters,
+            &mut next,
+        )
+        .unwrap();
+        assert!(iters.is_empty());
+        // The range was recorded as fully read.
+        let res = sim.results();
+        let kv =
+            ehr_proto::kvrwset::KvrwSet::decode(res.rwset.ns_rwset[0].rwset.as_slice()).unwrap();
+        assert!(kv.range_queries_info[0].itr_exhausted);
+    }
+
+    #[test]
+    fn paginated_range_returns_pages_with_bookmarks() {
+        let mut sim = sim_with(5);
+        let mut iters = HashMap::new();
+        let mut next = 0;
+        let page = |bookmark: &str| GetStateByRange {
+            start_key: "k000".into(),
+            end_key: "k999".into(),
+            metadata: QueryMetadata {
+                page_size: 3,
+                bookmark: bookmark.into(),
+            }
+            .encode_to_vec(),
+            ..Default::default()
+        };
+        let r = QueryResponse::decode(
+            serve(
+                &mut sim,
+                Type::GetStateByRange,
+                &page("").encode_to_vec(),
+                &mut iters,
+                &mut next,
+            )
+            .unwrap()
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(keys(&r), ["k000", "k001", "k002"]);
+        assert!(!r.has_more);
+        let meta = QueryResponseMetadata::decode(r.metadata.as_slice()).unwrap();
+        assert_eq!(meta.fetched_records_count, 3);
+        assert!(!meta.bookmark.is_empty());
+        let r2 = QueryResponse::decode(
+            serve(
+                &mut sim,
+                Type::GetStateByRange,
+                &page(&meta.bookmark).encode_to_vec(),
+                &mut iters,
+                &mut next,
+            )
+            .unwrap()
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(keys(&r2), ["k003", "k004"]);
+        let meta2 = QueryResponseMetadata::decode(r2.metadata.as_slice()).unwrap();
+        assert_eq!(
+            (meta2.fetched_records_count, meta2.bookmark.as_str()),
+            (2, "")
+        );
+    }
+
+    #[test]
+    fn unsupported_calls_are_errors_not_panics() {
+        let mut sim = sim_with(0);
+        let mut iters = HashMap::new();
+        let mut next = 0;
+        assert!(serve(&mut sim, Type::GetQueryResult, b"", &mut iters, &mut next).is_err());
+        assert!(serve(&mut sim, Type::InvokeChaincode, b"", &mut iters, &mut next).is_err());
+        assert!(
+            serve(
+                &mut sim,
+                Type::GetState,
+                b"\xff\xff\xff",
+                &mut iters,
+                &mut next
+            )
+            .is_err()
+        );
+        let q = QueryStateNext { id: "nope".into() };
+        assert!(
+            serve(
+                &mut sim,
+                Type::QueryStateNext,
+                &q.encode_to_vec(),
+                &mut iters,
+                &mut next
+            )
+            .is_err()
+        );
+    }
+}
