@@ -842,6 +842,9 @@ impl Core {
                 // The block is not durable: nothing was acknowledged, and
                 // nothing can be committed after it. Stop, as a peer would.
                 tracing::error!(error = %e, "block commit failed; the committer stops");
+                // Wake every CommitStatus waiter with `Closed` instead of
+                // leaving it hanging on a block that will never come.
+                lock(&self.waiters).clear();
                 return;
             }
         }
