@@ -392,6 +392,7 @@ async fn verify_reports_the_tampered_block() {
     }
     assert!(last >= 5);
     assert!(devnet.verify().verified);
+    assert!(devnet.verify_hash_chain().verified);
     // Flip one byte inside block 3's stored record.
     let (off, len) = devnet.block_file_range(3).unwrap();
     let f = std::fs::OpenOptions::new()
@@ -422,6 +423,8 @@ async fn verify_reports_the_tampered_block() {
     let report = devnet.verify();
     assert_eq!(report.first_bad_block, Some(2), "{report:?}");
     assert!(report.reason.unwrap().contains("validation code"));
+    // The cheap check does not re-run validation, so it stops at block 3.
+    assert_eq!(devnet.verify_hash_chain().first_bad_block, Some(3));
     // Changing an envelope byte instead breaks the data hash.
     rec[n - 5] = 0;
     let i = rec.len() / 2;
@@ -429,6 +432,7 @@ async fn verify_reports_the_tampered_block() {
     forge(&f, off2, 2, &rec);
     let report = devnet.verify();
     assert_eq!(report.first_bad_block, Some(2), "{report:?}");
+    assert_eq!(devnet.verify_hash_chain().first_bad_block, Some(2));
     // A second process cannot open the ledger while it is open.
     let busy = match ehr_ledger::Devnet::open(common::config(dir.path(), &o)) {
         Err(e) => e.to_string(),

@@ -473,6 +473,15 @@ impl Devnet {
         verify::verify(self.core())
     }
 
+    /// The cheap half of [`Devnet::verify`]: re-reads every block and checks
+    /// frames, numbers, data hashes and the header hash chain against the
+    /// committed hashes, without re-checking signatures or re-running MVCC.
+    /// Catches any change to block headers or data (tx envelopes); a forged
+    /// validation code needs the full [`Devnet::verify`].
+    pub fn verify_hash_chain(&self) -> VerifyReport {
+        verify::verify_hash_chain(self.core())
+    }
+
     /// Runs a proposal without endorsing it (Fabric's Evaluate).
     pub async fn evaluate(&self, sp: &SignedProposal) -> Result<Response, LedgerError> {
         let checked = tx::check_proposal(sp, &self.core().msp, &self.core().channel)?;
