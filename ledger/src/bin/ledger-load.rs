@@ -357,6 +357,14 @@ async fn main() -> Result<()> {
             r.height,
             t.elapsed().as_secs_f64()
         );
+        let t = Instant::now();
+        let r = devnet.verify_hash_chain();
+        println!(
+            "verify_hash_chain: {:?} height {} in {:.2}s",
+            r.verified,
+            r.height,
+            t.elapsed().as_secs_f64()
+        );
     }
     if args.reopen {
         let height = devnet.height();
