@@ -508,3 +508,59 @@ async fn reopen_keeps_state_and_refuses_other_orgs() {
     };
     assert!(err.contains("genesis"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_data_commits_off_chain_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = orgs();
+    let secret = b"very-secret-kfrag-bytes".to_vec();
+    let tx_id;
+    {
+        let devnet = common::open(dir.path(), &o);
+        let (h, url) = serve(&devnet).await;
+        let c = GatewayClient::connect(&url, o.user(0, "alice"))
+            .await
+            .unwrap();
+        let transient = BTreeMap::from([("secret".to_string(), secret.clone())]);
+        let r = c
+            .submit_transient(CHANNEL, "kv", "pput", &[b"kfrags", b"p1"], transient)
+            .await
+            .unwrap();
+        assert_eq!(r.code, TxValidationCode::Valid);
+        tx_id = r.tx_id;
+        assert_eq!(
+            c.evaluate(CHANNEL, "kv", "pget", &[b"kfrags", b"p1"])
+                .await
+                .unwrap(),
+            secret
+        );
+        assert_eq!(
+            c.evaluate(CHANNEL, "kv", "phash", &[b"kfrags", b"p1"])
+                .await
+                .unwrap(),
+            ehr_ledger::hash::sha256(&secret).to_vec()
+        );
+        // The block (what a Fabric peer would share) holds only hashes.
+        let b = devnet.block(r.block).unwrap();
+        let data = &b.data.unwrap().data[0];
+        assert!(!data.windows(secret.len()).any(|w| w == secret.as_slice()));
+        assert!(devnet.verify().verified);
+        h.shutdown().await.unwrap();
+    }
+    let devnet = common::open(dir.path(), &o);
+    assert_eq!(
+        devnet.try_commit_status(&tx_id).unwrap().code,
+        TxValidationCode::Valid
+    );
+    let (_h, url) = serve(&devnet).await;
+    let c = GatewayClient::connect(&url, o.user(1, "bob"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.evaluate(CHANNEL, "kv", "pget", &[b"kfrags", b"p1"])
+            .await
+            .unwrap(),
+        secret
+    );
+    assert!(devnet.verify().verified);
+}

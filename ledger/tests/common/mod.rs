@@ -69,6 +69,25 @@ impl Chaincode for KvChaincode {
                         .map_err(|e| e.to_string())?;
                     Ok(Vec::new())
                 }
+                "pput" => {
+                    // Private value from the transient map, as Fabric apps pass secrets.
+                    let v = stub
+                        .transient()
+                        .get("secret")
+                        .cloned()
+                        .ok_or_else(|| "transient \"secret\" missing".to_string())?;
+                    stub.put_private_data(&arg(1), &arg(2), &v)
+                        .map_err(|e| e.to_string())?;
+                    Ok(Vec::new())
+                }
+                "pget" => Ok(stub
+                    .get_private_data(&arg(1), &arg(2))
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default()),
+                "phash" => Ok(stub
+                    .get_private_data_hash(&arg(1), &arg(2))
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default()),
                 "fail" => Err("asked to fail".into()),
                 other => Err(format!("unknown function {other:?}")),
             }
