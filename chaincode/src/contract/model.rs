@@ -57,7 +57,8 @@ pub struct Record {
     pub category: Category,
     /// CID of the ciphertext.
     pub cid: String,
-    /// SHA-256 of the plaintext, lowercase hex.
+    /// SHA-256 of the ciphertext stored at `cid`, lowercase hex (a plaintext hash
+    /// on-chain would let anyone confirm a guessed small document).
     pub sha256: String,
     /// Plaintext size in bytes.
     pub size: u64,
