@@ -564,3 +564,59 @@ async fn private_data_commits_off_chain_and_survives_reopen() {
     );
     assert!(devnet.verify().verified);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_last_write_is_cut_off_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = orgs();
+    let (height, path) = {
+        let devnet = common::open(dir.path(), &o);
+        let (h, url) = serve(&devnet).await;
+        let c = GatewayClient::connect(&url, o.user(0, "alice"))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            c.submit(CHANNEL, "kv", "put", &[format!("k{i}").as_bytes(), b"v"])
+                .await
+                .unwrap();
+        }
+        h.shutdown().await.unwrap();
+        (devnet.height(), devnet.block_file_path())
+    };
+    // A crash in the middle of appending the next block: its frame header
+    // says 4 KiB follow, but only part of them reached the disk.
+    let clean_len = std::fs::metadata(&path).unwrap().len();
+    let mut torn = Vec::new();
+    torn.extend_from_slice(b"EHRB");
+    torn.extend_from_slice(&height.to_le_bytes());
+    torn.extend_from_slice(&4096u32.to_le_bytes());
+    torn.extend_from_slice(&0xdeadbeefu32.to_le_bytes());
+    torn.extend_from_slice(&[0x0a; 1000]);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&torn).unwrap();
+    }
+    let devnet = common::open(dir.path(), &o);
+    assert_eq!(devnet.height(), height);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), clean_len);
+    assert!(devnet.verify().verified);
+    // And the ledger goes on from there.
+    let (_h, url) = serve(&devnet).await;
+    let c = GatewayClient::connect(&url, o.user(0, "alice"))
+        .await
+        .unwrap();
+    let r = c
+        .submit(CHANNEL, "kv", "put", &[b"after", b"crash"])
+        .await
+        .unwrap();
+    assert_eq!((r.block, r.code), (height, TxValidationCode::Valid));
+    assert_eq!(
+        c.evaluate(CHANNEL, "kv", "get", &[b"k2"]).await.unwrap(),
+        b"v"
+    );
+    assert!(devnet.verify().verified);
+}
