@@ -147,9 +147,13 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
     let dcfg = DevnetConfig::new(cfg.data_dir.join("ledger"), CHANNEL, org_cfgs)
         .with_chaincode(CHAINCODE, Arc::new(EhrContract::new()));
     let devnet = Arc::new(Devnet::open(dcfg).context("opening the devnet ledger")?);
-    let ledger = devnet
-        .serve(SocketAddr::new(cfg.bind, cfg.ledger_port))
-        .await?;
+    let ledger_addr = SocketAddr::new(cfg.bind, cfg.ledger_port);
+    let ledger = devnet.serve(ledger_addr).await.with_context(|| {
+        format!(
+            "serving the ledger's Fabric Gateway on {ledger_addr} (is a Fabric peer or another \
+             `ehr up` using it? choose another with --ledger-port)"
+        )
+    })?;
     let ledger_url = format!("http://{}", ledger.local_addr);
 
     // The blob store.
@@ -165,7 +169,11 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
         };
         let l = TcpListener::bind(SocketAddr::new(cfg.bind, port))
             .await
-            .with_context(|| format!("binding the gateway of {org} to port {port}"))?;
+            .with_context(|| {
+                format!(
+                    "binding the gateway of {org} to port {port} (choose others with --base-port)"
+                )
+            })?;
         let url = format!("http://{}", l.local_addr()?);
         listeners.push((l, url));
     }
