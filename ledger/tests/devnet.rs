@@ -620,3 +620,68 @@ async fn torn_last_write_is_cut_off_on_restart() {
     );
     assert!(devnet.verify().verified);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmitted_transaction_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = orgs();
+    let devnet = common::open(dir.path(), &o);
+    let (_h, url) = serve(&devnet).await;
+    let c = GatewayClient::connect(&url, o.user(0, "alice"))
+        .await
+        .unwrap();
+    let p = c
+        .endorse(CHANNEL, "kv", "add", &[b"n", b"5"], BTreeMap::new())
+        .await
+        .unwrap();
+    let id = c.submit_prepared(p.clone()).await.unwrap();
+    let (code, block) = c.commit_status(CHANNEL, &id).await.unwrap();
+    assert_eq!(code, TxValidationCode::Valid);
+    // The same signed transaction again: ordered, then marked DUPLICATE_TXID.
+    c.submit_prepared(p).await.unwrap();
+    let marker = c.submit(CHANNEL, "kv", "put", &[b"m", b"1"]).await.unwrap();
+    let dup_block = devnet.block(marker.block).unwrap();
+    let height = devnet.height();
+    let filters: Vec<u8> = (block + 1..height)
+        .flat_map(|n| ehr_ledger::block::tx_filter(&devnet.block(n).unwrap()).to_vec())
+        .collect();
+    assert!(
+        filters.contains(&(TxValidationCode::DuplicateTxid as u8)),
+        "{filters:?} {dup_block:?}"
+    );
+    // Applied once; the first commit stays the tx's status and proof.
+    assert_eq!(
+        c.evaluate(CHANNEL, "kv", "get", &[b"n"]).await.unwrap(),
+        b"5"
+    );
+    assert_eq!(devnet.tx_proof(&id).unwrap().block, block);
+    assert_eq!(
+        c.commit_status(CHANNEL, &id).await.unwrap(),
+        (TxValidationCode::Valid, block)
+    );
+    assert!(devnet.verify().verified);
+    // Endorsing a proposal whose tx id is already committed is refused.
+    let alice = o.user(0, "alice2");
+    let mk = || {
+        tx::new_proposal_with(
+            &alice,
+            CHANNEL,
+            "kv",
+            vec![b"get".to_vec(), b"n".to_vec()],
+            BTreeMap::new(),
+            b"fixed-nonce",
+            prost_types::Timestamp::default(),
+        )
+        .unwrap()
+    };
+    let first = devnet.endorse(&mk().signed, &[]).await.unwrap();
+    let mut env = first.prepared;
+    env.signature = alice.sign(&env.payload);
+    devnet.submit(&env).unwrap();
+    devnet.commit_status(&first.tx_id).await.unwrap();
+    let again = devnet.endorse(&mk().signed, &[]).await;
+    assert!(
+        matches!(again, Err(ehr_ledger::LedgerError::Duplicate(_))),
+        "{again:?}"
+    );
+}
