@@ -74,28 +74,12 @@ impl FabricChain {
     }
 }
 
-/// Extracts `(status, message)` from a gateway error carrying a chaincode
-/// response: the devnet and Fabric phrase it as "chaincode returned status
-/// 403: {…}" (endorse) or "chaincode response 403, {…}" (evaluate).
-fn chaincode_failure(msg: &str) -> Option<(i32, &str)> {
-    for marker in ["chaincode returned status ", "chaincode response "] {
-        if let Some(i) = msg.find(marker) {
-            let rest = &msg[i + marker.len()..];
-            let digits = rest.chars().take_while(char::is_ascii_digit).count();
-            let status: i32 = rest[..digits].parse().ok()?;
-            let message = rest[digits..].trim_start_matches([':', ',']).trim_start();
-            return Some((status, message));
-        }
-    }
-    None
-}
-
 fn map_err(e: ClientError) -> ChainError {
     match &e {
         ClientError::Connect(_) => ChainError::Unavailable(e.to_string()),
         ClientError::Status(s) => {
-            if let Some((status, message)) = chaincode_failure(s.message()) {
-                return ChainError::rejected(status, message);
+            if let Some((status, message)) = e.chaincode_failure() {
+                return ChainError::rejected(status, &message);
             }
             match s.code() {
                 tonic::Code::Unavailable
@@ -218,20 +202,36 @@ impl Chain for FabricChain {
 mod tests {
     use super::*;
 
+    use ehr_ledger::rpc_error::{Operation, chaincode_error};
+
+    /// Fabric 2.5's Endorse says only "see attached details"; the chaincode's
+    /// status is in the `gateway.ErrorDetail` — it must still map to a 4xx.
     #[test]
-    fn parses_chaincode_failures() {
-        assert_eq!(
-            chaincode_failure(
-                r#"chaincode returned status 403: {"code":"forbidden","message":"no"}"#
-            ),
-            Some((403, r#"{"code":"forbidden","message":"no"}"#))
+    fn fabric_shaped_chaincode_errors_map_to_their_status() {
+        let body = r#"{"code":"forbidden","message":"no"}"#;
+        let endorse = chaincode_error(Operation::Endorse, "peer0:7051", "Org1MSP", 403, body);
+        match map_err(ClientError::Status(endorse)) {
+            ChainError::Rejected { status, code, .. } => {
+                assert_eq!((status, code.as_str()), (403, "forbidden"))
+            }
+            other => panic!("endorse error mapped to {other:?}"),
+        }
+        let evaluate = chaincode_error(
+            Operation::Evaluate,
+            "peer0:7051",
+            "Org1MSP",
+            404,
+            r#"{"code":"not_found","message":"no record"}"#,
         );
-        assert_eq!(
-            chaincode_failure(
-                "evaluate call to endorser returned error: chaincode response 404, {\"code\":\"not_found\"}"
-            ),
-            Some((404, "{\"code\":\"not_found\"}"))
-        );
-        assert_eq!(chaincode_failure("connection refused"), None);
+        match map_err(ClientError::Status(evaluate)) {
+            ChainError::Rejected { status, code, .. } => {
+                assert_eq!((status, code.as_str()), (404, "not_found"))
+            }
+            other => panic!("evaluate error mapped to {other:?}"),
+        }
+        assert!(matches!(
+            map_err(ClientError::Status(tonic::Status::unavailable("peer down"))),
+            ChainError::Unavailable(_)
+        ));
     }
 }

@@ -114,7 +114,14 @@ async fn main() -> Result<()> {
         .await
     {
         Ok(s) => bail!("an error was expected, got {:?}", s.code),
-        Err(e) => println!("chaincode error: status {:?}: {e}", e.code()),
+        Err(e) => {
+            println!("chaincode error: status {:?}: {e}", e.code());
+            // Fabric's Endorse puts the chaincode's answer only in ErrorDetail.
+            let Some((status, message)) = e.chaincode_failure() else {
+                bail!("no chaincode response in the error details: {e}");
+            };
+            println!("  chaincode response from details: {status} {message}");
+        }
     }
     let mut events = c
         .chaincode_events(

@@ -43,6 +43,16 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The chaincode's `(status, message)` when the gateway refused the call
+    /// because the chaincode answered status ≥ 400 — read from Fabric's
+    /// `gateway.ErrorDetail`s (Endorse puts it only there) or the message.
+    pub fn chaincode_failure(&self) -> Option<(i32, String)> {
+        match self {
+            ClientError::Status(s) => crate::rpc_error::chaincode_failure(s),
+            _ => None,
+        }
+    }
 }
 
 /// The outcome of a submitted transaction.

@@ -13,6 +13,7 @@ pub mod client;
 pub mod devnet;
 pub mod hash;
 pub mod msp;
+pub mod rpc_error;
 pub mod service;
 pub mod simulator;
 pub mod state;

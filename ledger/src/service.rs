@@ -2,7 +2,8 @@
 //! 2.4+ peer exposes, so one client talks to both.
 //!
 //! Status codes follow Fabric's gateway where it matters to clients:
-//! a chaincode error is `UNKNOWN` on Evaluate and `ABORTED` on Endorse; a
+//! a chaincode error is `UNKNOWN` on Evaluate and `ABORTED` on Endorse, with
+//! the chaincode's response in a `gateway.ErrorDetail` ([`crate::rpc_error`]); a
 //! malformed request is `INVALID_ARGUMENT`; a bad signature, unknown MSP or
 //! untrusted certificate is `PERMISSION_DENIED`.
 
@@ -23,7 +24,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::devnet::{BlockEvents, Devnet, LedgerError};
+use crate::rpc_error::{self, Operation};
 use crate::tx::TxError;
+
+/// The endorser address named in error details (Fabric names the peer).
+const DEVNET_ADDRESS: &str = "devnet";
 
 /// Largest gRPC message accepted (Fabric's default, 100 MiB).
 pub const MAX_MESSAGE: usize = 100 * 1024 * 1024;
@@ -37,7 +42,9 @@ fn status(e: LedgerError) -> Status {
         LedgerError::Duplicate(_) => Status::already_exists(e.to_string()),
         LedgerError::Busy => Status::resource_exhausted(e.to_string()),
         LedgerError::ChaincodeHost(_) | LedgerError::Closed => Status::unavailable(e.to_string()),
-        LedgerError::Chaincode { .. } => Status::aborted(e.to_string()),
+        LedgerError::Chaincode { status, message } => {
+            rpc_error::chaincode_error(Operation::Endorse, DEVNET_ADDRESS, "", status, &message)
+        }
         other => Status::internal(other.to_string()),
     }
 }
@@ -163,9 +170,13 @@ impl Gateway for GatewayService {
             .ok_or_else(|| Status::invalid_argument("a proposed transaction is required"))?;
         match self.devnet.evaluate(&sp).await {
             Ok(resp) => Ok(Response::new(EvaluateResponse { result: Some(resp) })),
-            Err(LedgerError::Chaincode { status: s, message }) => Err(Status::unknown(format!(
-                "evaluate call to endorser returned error: chaincode response {s}, {message}"
-            ))),
+            Err(LedgerError::Chaincode { status: s, message }) => Err(rpc_error::chaincode_error(
+                Operation::Evaluate,
+                DEVNET_ADDRESS,
+                "",
+                s,
+                &message,
+            )),
             Err(e) => Err(status(e)),
         }
     }
