@@ -4,3 +4,4 @@
 pub mod kek;
 pub mod sealer;
 pub mod stream;
+pub mod threshold;
