@@ -292,6 +292,7 @@ pub fn collect(
     }
     let mut verified: Vec<(String, VerifiedCapsuleFrag)> = Vec::with_capacity(threshold);
     let mut rejected = Vec::new();
+    let mut seen_ids: Vec<Option<String>> = Vec::with_capacity(threshold);
     for ProxyCfrag { org, cfrag } in cfrags {
         if verified.len() == threshold {
             break;
@@ -312,8 +313,18 @@ pub fn collect(
             rejected.push(bad("undecodable cfrag"));
             continue;
         };
+        let id = kfrag_id_of(&cf);
+        if id.is_none() || seen_ids.contains(&id) {
+            // A copy of another proxy's cfrag verifies but adds nothing
+            // (same key fragment): decryption would fail, so refuse it here.
+            rejected.push(bad("duplicate of another proxy's cfrag"));
+            continue;
+        }
         match cf.verify(capsule, keys.verifying, keys.delegating, keys.receiving) {
-            Ok(v) => verified.push((org, v)),
+            Ok(v) => {
+                seen_ids.push(id);
+                verified.push((org, v));
+            }
             Err(_) => rejected.push(bad("cfrag failed verification")),
         }
     }
@@ -332,6 +343,13 @@ pub fn collect(
         });
     }
     Ok(Collected { verified, rejected })
+}
+
+/// The id of the kfrag a cfrag was made with (umbral-pre keeps the field
+/// crate-private; it is public in the serialized form).
+fn kfrag_id_of(cfrag: &CapsuleFrag) -> Option<String> {
+    let v = serde_json::to_value(cfrag).ok()?;
+    v.get("kfrag_id")?.as_str().map(str::to_owned)
 }
 
 /// Reader side: opens the DEK from `t` verified cfrags with the reader's
@@ -723,6 +741,22 @@ mod tests {
         assert!(matches!(
             ThresholdGrant::generate(&sk, &signer, &grantee, &empty, 2),
             Err(ThresholdError::BadProxyList(_))
+        ));
+    }
+
+    #[test]
+    fn copied_cfrag_from_another_proxy_is_refused_and_attributed() {
+        let w = World::new(2, 3);
+        let honest = w.cfrag(0);
+        let copy = ProxyCfrag {
+            org: "Org1MSP".into(),
+            cfrag: honest.cfrag.clone(),
+        };
+        let (dek, rejected) = w.read(vec![honest, copy, w.cfrag(2)]).unwrap();
+        assert_eq!(dek.as_bytes(), w.dek.as_bytes());
+        assert!(matches!(
+            rejected.as_slice(),
+            [ThresholdError::BadProxy { org, .. }] if org == "Org1MSP"
         ));
     }
 }
