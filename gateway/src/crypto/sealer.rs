@@ -84,6 +84,11 @@ impl UmbralKeyPair {
             public,
         })
     }
+
+    /// The Umbral secret key (derived from the stored seed).
+    pub fn secret_key(&self) -> Result<SecretKey, SealError> {
+        secret_key(&self.secret)
+    }
 }
 
 /// Umbral secret keys are stored as a 32-byte seed; the key is derived from

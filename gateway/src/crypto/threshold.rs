@@ -29,8 +29,8 @@
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use umbral_pre::{
-    Capsule, CapsuleFrag, KeyFrag, PublicKey, SecretKey, SecretKeyFactory, Signer,
-    VerifiedCapsuleFrag, VerifiedKeyFrag,
+    Capsule, CapsuleFrag, KeyFrag, PublicKey, SecretKey, Signer, VerifiedCapsuleFrag,
+    VerifiedKeyFrag,
 };
 
 pub use ehr_chaincode::contract::model::PreGrant;
@@ -122,16 +122,12 @@ pub struct GrantKeys<'a> {
     pub receiving: &'a PublicKey,
 }
 
-/// The secret key of an [`UmbralKeyPair`], derived from its seed exactly as
-/// [`super::sealer`] does.
+/// The secret key of an [`UmbralKeyPair`] (the same derivation as
+/// [`super::sealer`], which owns it).
 pub fn secret_key_of(pair: &UmbralKeyPair) -> Result<SecretKey, ThresholdError> {
-    let factory = SecretKeyFactory::from_secure_randomness(&pair.secret)
-        .map_err(|_| ThresholdError::BadEncoding("secret key seed"))?;
-    Ok(factory.make_key(KEY_LABEL))
+    pair.secret_key()
+        .map_err(|_| ThresholdError::BadEncoding("secret key seed"))
 }
-
-/// Must equal the label in `sealer.rs` (checked by a test).
-const KEY_LABEL: &[u8] = b"ehrchain/umbral/v1";
 
 /// A public key from its 33-byte compressed encoding.
 pub fn public_key_from_bytes(bytes: &[u8]) -> Result<PublicKey, ThresholdError> {
