@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
-use crate::crypto::sealer::{SealedKey, UmbralSealer};
+use crate::crypto::sealer::{SealedKey, UmbralKeyPair, UmbralSealer};
 use crate::crypto::stream::Dek;
 
 /// The user id of each gateway's own service identity.
@@ -165,12 +165,7 @@ pub async fn release(app: &AppState, req: KeyReleaseRequest) -> ApiResult<KeyRel
         .ok_or_else(|| ApiError::bad_gateway("bad capsule reference on-chain"))?;
     let sealed = load_sealed(app, &capsule_cid).await?;
     let pkeys = crate::identity::umbral_keys(&prow, &app.kek).map_err(ApiError::internal)?;
-    let srow = app
-        .db
-        .identity(SERVICE_USER)
-        .await?
-        .ok_or_else(|| ApiError::internal("no service identity"))?;
-    let skeys = crate::identity::umbral_keys(&srow, &app.kek).map_err(ApiError::internal)?;
+    let skeys = service_umbral_keys(app).await?;
     let u = UmbralSealer;
     let kfrag = u
         .delegate(&pkeys.secret, &receiving_pk, &skeys.secret)
@@ -184,6 +179,16 @@ pub async fn release(app: &AppState, req: KeyReleaseRequest) -> ApiResult<KeyRel
         delegating_pk: hex::encode(&pkeys.public),
         verifying_pk: hex::encode(&skeys.public),
     })
+}
+
+/// This gateway's own Umbral key pair (its enrolled service identity's).
+async fn service_umbral_keys(app: &AppState) -> ApiResult<UmbralKeyPair> {
+    let row = app
+        .db
+        .identity(SERVICE_USER)
+        .await?
+        .ok_or_else(|| ApiError::internal("no service identity"))?;
+    crate::identity::umbral_keys(&row, &app.kek).map_err(ApiError::internal)
 }
 
 /// Loads a sealed key blob.
@@ -206,12 +211,7 @@ pub async fn request(
     let url = app.cfg.peers.get(home_org).ok_or_else(|| {
         ApiError::unavailable(format!("no gateway known for organisation {home_org}"))
     })?;
-    let srow = app
-        .db
-        .identity(SERVICE_USER)
-        .await?
-        .ok_or_else(|| ApiError::internal("no service identity"))?;
-    let skeys = crate::identity::umbral_keys(&srow, &app.kek).map_err(ApiError::internal)?;
+    let skeys = service_umbral_keys(app).await?;
     let receiving_pk = hex::encode(&skeys.public);
     let body = KeyReleaseRequest {
         event_id: event_id.to_owned(),

@@ -17,6 +17,7 @@ use super::model::{
     PreGrant, Purpose, Scope,
 };
 use super::page;
+use super::page::PatientPageArgs;
 use super::patients;
 use super::records;
 use super::store::{self, CONSENT, CONSENT_BY_ID};
@@ -62,17 +63,6 @@ pub struct GrantArgs {
 #[serde(deny_unknown_fields)]
 pub struct ConsentIdArgs {
     pub consent_id: String,
-}
-
-/// `ListConsents` argument.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListArgs {
-    pub patient_id: String,
-    #[serde(default)]
-    pub limit: Option<u32>,
-    #[serde(default)]
-    pub bookmark: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -427,7 +417,7 @@ pub fn get(ctx: &mut Ctx<'_>, args: ConsentIdArgs) -> Result<Vec<u8>, ContractEr
 }
 
 /// Lists a patient's consents with their status, in consent-id order.
-pub fn list(ctx: &mut Ctx<'_>, args: ListArgs) -> Result<Vec<u8>, ContractError> {
+pub fn list(ctx: &mut Ctx<'_>, args: PatientPageArgs) -> Result<Vec<u8>, ContractError> {
     check_id("patient_id", &args.patient_id)?;
     let limit = page::limit(args.limit)?;
     let patient = patients::load(ctx, &args.patient_id)?;

@@ -9,8 +9,22 @@
 //! entry exists, or when the scan budget ran out first (then the page may
 //! hold fewer than `limit` entries, even none; keep following bookmarks).
 
+use serde::Deserialize;
+
 use super::error::ContractError;
 use crate::stub::{Kv, Stub};
+
+/// The argument of the per-patient list functions (`ListRecords`,
+/// `ListConsents`): a patient and a page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientPageArgs {
+    pub patient_id: String,
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub bookmark: Option<String>,
+}
 
 /// The default page size.
 pub const DEFAULT_LIMIT: u32 = 100;

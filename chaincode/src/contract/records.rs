@@ -18,6 +18,7 @@ use super::decision::match_consent;
 use super::error::ContractError;
 use super::model::{Action, Category, Consent, Patient, Record};
 use super::page;
+use super::page::PatientPageArgs;
 use super::patients;
 use super::store::{self, RECORD, RECORD_BY_ID};
 use super::time::Time;
@@ -49,17 +50,6 @@ pub struct AddArgs {
 #[serde(deny_unknown_fields)]
 pub struct RecordIdArgs {
     pub record_id: String,
-}
-
-/// `ListRecords` argument.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListArgs {
-    pub patient_id: String,
-    #[serde(default)]
-    pub limit: Option<u32>,
-    #[serde(default)]
-    pub bookmark: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -216,7 +206,7 @@ pub fn get(ctx: &mut Ctx<'_>, args: RecordIdArgs) -> Result<Vec<u8>, ContractErr
 }
 
 /// Lists a patient's records the caller may see, in record-id order.
-pub fn list(ctx: &mut Ctx<'_>, args: ListArgs) -> Result<Vec<u8>, ContractError> {
+pub fn list(ctx: &mut Ctx<'_>, args: PatientPageArgs) -> Result<Vec<u8>, ContractError> {
     check_id("patient_id", &args.patient_id)?;
     let limit = page::limit(args.limit)?;
     let patient = patients::load(ctx, &args.patient_id)?;
