@@ -1162,6 +1162,16 @@ fn run(case: &Case) -> Result<(), String> {
             if p["allowed"] != v["allowed"] || p["event_id"] != v["event_id"] {
                 errs.push("event payload differs from the result".into());
             }
+            // The event carries the whole log entry (projections rely on it).
+            if let (Some(entry), Some(obj)) = (w.event(event_id), p.as_object()) {
+                let mut rest = obj.clone();
+                rest.remove("allowed");
+                if Value::Object(rest) != entry {
+                    errs.push(format!(
+                        "event payload {p} is not the log entry {entry} + allowed"
+                    ));
+                }
+            }
         }
         other => errs.push(format!("chaincode event {other:?}")),
     }

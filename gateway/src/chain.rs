@@ -111,8 +111,26 @@ pub trait Chain: Send + Sync {
     /// Where a transaction sits in the hash chain, checked against it.
     async fn tx_proof(&self, tx_id: &str) -> Result<Option<TxProofView>, ChainError>;
 
+    /// The number of committed blocks (the next block's number).
+    async fn height(&self) -> Result<u64, ChainError>;
+
+    /// The highest block in `from..=to` holding events of the chaincode,
+    /// when the ledger can tell cheaply.
+    async fn last_event_block(&self, from: u64, to: u64) -> Result<EventScan, ChainError>;
+
     /// Checks the ledger is reachable (readiness).
     async fn check(&self) -> Result<(), ChainError>;
+}
+
+/// The answer of [`Chain::last_event_block`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventScan {
+    /// The ledger cannot tell (not the embedded one, or too many blocks).
+    Unknown,
+    /// No block in the range has events of the chaincode.
+    NoEvents,
+    /// This block is the last one in the range that has some.
+    At(u64),
 }
 
 impl From<ChainError> for crate::api::error::ApiError {

@@ -9,7 +9,7 @@ use ehr_ledger::client::{ClientError, GatewayClient};
 use ehr_proto::protos::TxValidationCode;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::chain::{Chain, ChainError, ChainVerification, Committed, SigningIdentity};
+use crate::chain::{Chain, ChainError, ChainVerification, Committed, EventScan, SigningIdentity};
 
 /// The chaincode's function name for a cheap liveness call.
 const PING: &str = "Ping";
@@ -48,16 +48,17 @@ impl FabricChain {
         })
     }
 
-    /// The chaincode's events from block `from` on (as the probe identity).
-    pub async fn events(
+    /// The chaincode's events from block `from` on (as the probe identity),
+    /// one item per block that has any.
+    pub async fn event_blocks(
         &self,
         from: u64,
     ) -> Result<
-        impl futures::Stream<Item = Result<ehr_ledger::client::EventItem, ClientError>> + use<>,
+        impl futures::Stream<Item = Result<ehr_ledger::client::EventBlock, ClientError>> + use<>,
         ChainError,
     > {
         self.client(&self.probe)
-            .chaincode_events(
+            .chaincode_event_blocks(
                 &self.channel_name,
                 &self.chaincode,
                 Some(ehr_ledger::client::Checkpoint {
@@ -72,6 +73,44 @@ impl FabricChain {
     fn client(&self, signer: &SigningIdentity) -> GatewayClient {
         GatewayClient::from_channel(self.channel.clone(), signer.clone())
     }
+}
+
+/// Blocks [`Chain::last_event_block`] looks at before it gives up.
+const EVENT_SCAN_BLOCKS: u64 = 64;
+
+/// `height` (field 1, varint) of a `common.BlockchainInfo` (qscc
+/// `GetChainInfo`'s answer), read without the full message type.
+fn blockchain_info_height(mut b: &[u8]) -> Option<u64> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let skip = match key & 7 {
+            0 => {
+                let v = varint(&mut b)?;
+                if key >> 3 == 1 {
+                    return Some(v);
+                }
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(&mut b)?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        b = b.get(skip..)?;
+    }
+    Some(0)
 }
 
 fn map_err(e: ClientError) -> ChainError {
@@ -194,6 +233,52 @@ impl Chain for FabricChain {
         .map_err(|e| ChainError::Other(e.to_string()))
     }
 
+    async fn height(&self) -> Result<u64, ChainError> {
+        if let Some(d) = &self.devnet {
+            return Ok(d.height());
+        }
+        // A real peer: the query system chaincode, as the Fabric SDKs do.
+        let info = self
+            .client(&self.probe)
+            .evaluate(
+                &self.channel_name,
+                "qscc",
+                "GetChainInfo",
+                &[self.channel_name.as_bytes()],
+            )
+            .await
+            .map_err(map_err)?;
+        blockchain_info_height(&info)
+            .ok_or_else(|| ChainError::Other("undecodable GetChainInfo answer".into()))
+    }
+
+    async fn last_event_block(&self, from: u64, to: u64) -> Result<EventScan, ChainError> {
+        let Some(d) = &self.devnet else {
+            return Ok(EventScan::Unknown);
+        };
+        if from > to {
+            return Ok(EventScan::NoEvents);
+        }
+        if to - from >= EVENT_SCAN_BLOCKS {
+            return Ok(EventScan::Unknown);
+        }
+        let d = d.clone();
+        let cc = self.chaincode.clone();
+        tokio::task::spawn_blocking(move || {
+            for n in (from..=to).rev() {
+                let be = d
+                    .block_events(n)
+                    .map_err(|e| ChainError::Other(e.to_string()))?;
+                if be.events.iter().any(|e| e.chaincode_id == cc) {
+                    return Ok(EventScan::At(n));
+                }
+            }
+            Ok(EventScan::NoEvents)
+        })
+        .await
+        .map_err(|e| ChainError::Other(e.to_string()))?
+    }
+
     async fn check(&self) -> Result<(), ChainError> {
         self.evaluate(&self.probe, PING, &serde_json::json!({}))
             .await
@@ -206,6 +291,18 @@ mod tests {
     use super::*;
 
     use ehr_ledger::rpc_error::{Operation, chaincode_error};
+
+    #[test]
+    fn reads_the_height_of_a_blockchain_info() {
+        // height = 300 (varint ac 02), current_block_hash = 2 bytes, previous = 1 byte.
+        let info = [0x08, 0xac, 0x02, 0x12, 0x02, 0xaa, 0xbb, 0x1a, 0x01, 0xcc];
+        assert_eq!(blockchain_info_height(&info), Some(300));
+        // Field order does not matter.
+        let info = [0x12, 0x01, 0xaa, 0x08, 0x05];
+        assert_eq!(blockchain_info_height(&info), Some(5));
+        assert_eq!(blockchain_info_height(&[0x12, 0x09, 0x00]), None);
+        assert_eq!(blockchain_info_height(&[0x08, 0xff]), None);
+    }
 
     /// Fabric 2.5's Endorse says only "see attached details"; the chaincode's
     /// status is in the `gateway.ErrorDetail` — it must still map to a 4xx.

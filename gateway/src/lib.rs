@@ -2,6 +2,7 @@
 //! the `ehr` command line.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod chain;
 pub mod cli;

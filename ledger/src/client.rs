@@ -95,6 +95,13 @@ impl EventItem {
     }
 }
 
+/// Every event of one chaincode in one block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBlock {
+    pub block: u64,
+    pub events: Vec<ChaincodeEvent>,
+}
+
 /// Where a chaincode event stream starts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
@@ -334,6 +341,36 @@ impl GatewayClient {
         chaincode: &str,
         from: Option<Checkpoint>,
     ) -> Result<impl Stream<Item = Result<EventItem, ClientError>> + use<>, ClientError> {
+        let blocks = self
+            .chaincode_event_blocks(channel, chaincode, from)
+            .await?;
+        Ok(blocks.flat_map(|r| {
+            let items: Vec<Result<EventItem, ClientError>> = match r {
+                Ok(b) => b
+                    .events
+                    .into_iter()
+                    .map(|event| {
+                        Ok(EventItem {
+                            block: b.block,
+                            event,
+                        })
+                    })
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        }))
+    }
+
+    /// Like [`GatewayClient::chaincode_events`], one item per block: every
+    /// event of the chaincode in that block at once (as the gateway sends
+    /// them), so a consumer knows when a block is complete.
+    pub async fn chaincode_event_blocks(
+        &self,
+        channel: &str,
+        chaincode: &str,
+        from: Option<Checkpoint>,
+    ) -> Result<impl Stream<Item = Result<EventBlock, ClientError>> + use<>, ClientError> {
         let (start, after) = match from {
             Some(c) => (
                 seek_position::Type::Specified(SeekSpecified { number: c.block }),
@@ -361,21 +398,12 @@ impl GatewayClient {
             .chaincode_events(SignedChaincodeEventsRequest { request, signature })
             .await?
             .into_inner();
-        Ok(stream.flat_map(|r| {
-            let items: Vec<Result<EventItem, ClientError>> = match r {
-                Ok(resp) => resp
-                    .events
-                    .into_iter()
-                    .map(|event| {
-                        Ok(EventItem {
-                            block: resp.block_number,
-                            event,
-                        })
-                    })
-                    .collect(),
-                Err(s) => vec![Err(ClientError::Status(s))],
-            };
-            futures::stream::iter(items)
+        Ok(stream.map(|r| match r {
+            Ok(resp) => Ok(EventBlock {
+                block: resp.block_number,
+                events: resp.events,
+            }),
+            Err(s) => Err(ClientError::Status(s)),
         }))
     }
 }

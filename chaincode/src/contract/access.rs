@@ -45,7 +45,7 @@ pub struct EventIdArgs {
     pub event_id: String,
 }
 
-/// The answer to `RequestAccess` (also the `AccessDecision` event payload).
+/// The answer to `RequestAccess` (its fields are also in the `AccessDecision` event).
 #[derive(Debug, Serialize)]
 pub struct DecisionResult<'a> {
     pub event_id: &'a str,
@@ -59,14 +59,14 @@ pub struct DecisionResult<'a> {
     pub patient_id: Option<&'a str>,
 }
 
+/// The `AccessDecision` event: the full log entry plus `allowed`, so an
+/// off-chain projection can answer access-log queries exactly as
+/// `QueryAccessLog` does (a superset of the result's fields).
 #[derive(Serialize)]
 struct DecisionEvent<'a> {
     #[serde(flatten)]
-    result: &'a DecisionResult<'a>,
-    actor: &'a str,
-    actor_org: &'a str,
-    action: Action,
-    purpose: Purpose,
+    entry: &'a AccessEvent,
+    allowed: bool,
 }
 
 #[derive(Serialize)]
@@ -168,11 +168,8 @@ pub fn request(ctx: &mut Ctx<'_>, args: RequestArgs) -> Result<Vec<u8>, Contract
         ctx.stub,
         "AccessDecision",
         &DecisionEvent {
-            result: &result,
-            actor: &entry.actor,
-            actor_org: &entry.actor_org,
-            action: entry.action,
-            purpose: entry.purpose,
+            entry: &entry,
+            allowed: d.allowed,
         },
     )?;
     store::to_json(&result)

@@ -818,22 +818,134 @@ pub async fn revoke_consent(
 
 // ---------------------------------------------------------------- audit
 
+/// Where access-log answers come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSource {
+    /// The gateway's projection of ledger events once it has caught up with
+    /// the ledger's height at request time (waiting up to 2 s), else the
+    /// chaincode.
+    #[default]
+    Auto,
+    /// The chaincode's `QueryAccessLog`, always.
+    Ledger,
+}
+
+/// Paging parameters of the access log and disclosures.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogPageParams {
+    pub limit: Option<u32>,
+    pub bookmark: Option<String>,
+    /// `ledger` forces the chaincode query; default `auto` (the projection
+    /// when it has caught up with the ledger, else the chaincode). The
+    /// answer's `x-audit-source` header says which one answered.
+    #[param(inline)]
+    pub source: Option<LogSource>,
+}
+
+/// The header naming the source of an access-log answer.
+pub const AUDIT_SOURCE_HEADER: &str = "x-audit-source";
+
+/// A `QueryAccessLog` page for `args` (the chaincode's argument JSON), from
+/// the projection when it can answer exactly, else from the chaincode.
+async fn access_log_page(
+    app: &AppState,
+    c: &Caller,
+    args: &Value,
+    source: LogSource,
+) -> ApiResult<(Value, &'static str)> {
+    if source == LogSource::Auto
+        && let Some(page) = from_projection(app, c, args).await?
+    {
+        return Ok((page, "projection"));
+    }
+    let page = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "QueryAccessLog", args)
+            .await?,
+    )?;
+    Ok((page, "ledger"))
+}
+
+/// The projection's answer; `None` (logged) when it cannot answer exactly
+/// now, so the caller asks the chaincode. Invalid or forbidden queries fail
+/// as the chaincode fails them.
+async fn from_projection(app: &AppState, c: &Caller, args: &Value) -> ApiResult<Option<Value>> {
+    use crate::audit::{self, AuditError};
+    let to_api = |e: AuditError| match e {
+        AuditError::BadRequest(m) => Ok(ApiError::bad_request(m)),
+        AuditError::Forbidden(m) => Ok(ApiError::forbidden(m)),
+        other => Err(other),
+    };
+    let q = match audit::LogArgs::from_chaincode_args(args) {
+        Ok(q) => q,
+        Err(e) => return Err(to_api(e).unwrap_or_else(ApiError::internal)),
+    };
+    let caller = match ehr_chaincode::identity::from_creator(c.signer.serialized()) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::info!(error = %e, "audit query answered by the ledger: caller identity unreadable");
+            return Ok(None);
+        }
+    };
+    let started = std::time::Instant::now();
+    if let Err(why) =
+        audit::projection_ready(&app.db, app.chain.as_ref(), audit::FRESHNESS_WAIT).await
+    {
+        tracing::info!(reason = %why, "audit query answered by the ledger: projection not caught up");
+        return Ok(None);
+    }
+    match audit::query(&app.db, &caller, q).await {
+        Ok(page) => {
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "audit query answered by the projection"
+            );
+            Ok(Some(
+                serde_json::to_value(page).map_err(ApiError::internal)?,
+            ))
+        }
+        Err(e) => match to_api(e) {
+            Ok(api) => Err(api),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit query answered by the ledger: projection query failed");
+                Ok(None)
+            }
+        },
+    }
+}
+
+fn with_source(
+    page: Value,
+    source: &'static str,
+) -> ([(&'static str, &'static str); 1], Json<Value>) {
+    ([(AUDIT_SOURCE_HEADER, source)], Json(page))
+}
+
+fn log_page_args(base: Value, p: &LogPageParams) -> ApiResult<Value> {
+    page_args(
+        base,
+        &PageParams {
+            limit: p.limit,
+            bookmark: p.bookmark.clone(),
+        },
+    )
+}
+
 /// Every access decision about a patient's data.
-#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/access-log", params(("patient_id" = String, Path), PageParams), security(("bearer" = [])),
-    responses((status = 200, description = "page of access events"), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/access-log", params(("patient_id" = String, Path), LogPageParams), security(("bearer" = [])),
+    responses((status = 200, description = "{events, bookmark?}; header x-audit-source: projection | ledger"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn access_log(
     State(app): State<AppState>,
     c: Caller,
     Path(patient_id): Path<String>,
-    Query(p): Query<PageParams>,
-) -> ApiResult<Json<Value>> {
+    Query(p): Query<LogPageParams>,
+) -> ApiResult<impl axum::response::IntoResponse> {
     check_id("patient", &patient_id)?;
-    let args = page_args(json!({"patient_id": patient_id}), &p)?;
-    Ok(Json(parse_json(
-        &app.chain
-            .evaluate(&c.signer, "QueryAccessLog", &args)
-            .await?,
-    )?))
+    let args = log_page_args(json!({"patient_id": patient_id}), &p)?;
+    let (page, source) = access_log_page(&app, &c, &args, p.source.unwrap_or_default()).await?;
+    Ok(with_source(page, source))
 }
 
 /// Audit query parameters.
@@ -853,16 +965,31 @@ pub struct AuditParams {
     pub to: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
+    /// `ledger` forces the chaincode query; default `auto` (the projection
+    /// when it has caught up with the ledger, else the chaincode). The
+    /// answer's `x-audit-source` header says which one answered.
+    #[param(inline)]
+    pub source: Option<LogSource>,
 }
 
 /// Access events for auditors, filtered and paged.
 #[utoipa::path(get, path = "/api/v1/audit/events", params(AuditParams), security(("bearer" = [])),
-    responses((status = 200, description = "{events, next_cursor}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "{events, bookmark?}; header x-audit-source: projection | ledger"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn audit_events(
     State(app): State<AppState>,
     c: Caller,
     Query(p): Query<AuditParams>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<impl axum::response::IntoResponse> {
+    let (page, source) = audit_events_page(&app, &c, p).await?;
+    Ok(with_source(page, source))
+}
+
+/// The page `/audit/events` answers, and its source.
+async fn audit_events_page(
+    app: &AppState,
+    c: &Caller,
+    p: AuditParams,
+) -> ApiResult<(Value, &'static str)> {
     let mut args = Map::new();
     for (k, v, name) in [
         ("patient_id", &p.patient, "patient"),
@@ -906,12 +1033,7 @@ pub async fn audit_events(
             bookmark: p.cursor,
         },
     )?;
-    let page: Value = parse_json(
-        &app.chain
-            .evaluate(&c.signer, "QueryAccessLog", &args)
-            .await?,
-    )?;
-    Ok(Json(page))
+    access_log_page(app, c, &args, p.source.unwrap_or_default()).await
 }
 
 /// Verifies the ledger's hash chain.
@@ -957,21 +1079,17 @@ pub async fn event_proof(
 
 /// Accounting of disclosures (HIPAA 164.528 style): allowed reads of the
 /// patient's records by anyone but the patient.
-#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/disclosures", params(("patient_id" = String, Path), PageParams), security(("bearer" = [])),
-    responses((status = 200, description = "{disclosures, bookmark?}"), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/patients/{patient_id}/disclosures", params(("patient_id" = String, Path), LogPageParams), security(("bearer" = [])),
+    responses((status = 200, description = "{disclosures, bookmark?}; header x-audit-source: projection | ledger"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn disclosures(
     State(app): State<AppState>,
     c: Caller,
     Path(patient_id): Path<String>,
-    Query(p): Query<PageParams>,
-) -> ApiResult<Json<Value>> {
+    Query(p): Query<LogPageParams>,
+) -> ApiResult<impl axum::response::IntoResponse> {
     check_id("patient", &patient_id)?;
-    let args = page_args(json!({"patient_id": patient_id, "decision": "allow"}), &p)?;
-    let page: Value = parse_json(
-        &app.chain
-            .evaluate(&c.signer, "QueryAccessLog", &args)
-            .await?,
-    )?;
+    let args = log_page_args(json!({"patient_id": patient_id, "decision": "allow"}), &p)?;
+    let (page, source) = access_log_page(&app, &c, &args, p.source.unwrap_or_default()).await?;
     let list: Vec<Value> = page["events"]
         .as_array()
         .map(|evs| {
@@ -988,8 +1106,9 @@ pub async fn disclosures(
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Json(
+    Ok(with_source(
         json!({"disclosures": list, "bookmark": page.get("bookmark").cloned().unwrap_or(Value::Null)}),
+        source,
     ))
 }
 
@@ -1009,6 +1128,9 @@ pub struct ExportParams {
     pub to: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
+    /// As for `/audit/events`.
+    #[param(inline)]
+    pub source: Option<LogSource>,
 }
 
 fn csv_field(v: &Value) -> String {
@@ -1048,8 +1170,9 @@ pub async fn audit_export(
         to: p.to,
         limit: p.limit,
         cursor: p.cursor,
+        source: p.source,
     };
-    let Json(page) = audit_events(State(app), c, Query(q)).await?;
+    let (page, source) = audit_events_page(&app, &c, q).await?;
     let events = page["events"].as_array().cloned().unwrap_or_default();
     let (ctype, body) = if p.format == "csv" {
         let cols = [
@@ -1103,6 +1226,7 @@ pub async fn audit_export(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, ctype)
+        .header(AUDIT_SOURCE_HEADER, source)
         .body(Body::from(body))
         .map_err(ApiError::internal)
 }

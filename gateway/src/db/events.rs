@@ -22,6 +22,16 @@ pub struct ProjectedEvent {
     pub break_glass: Option<bool>,
     /// RFC 3339 time of the transaction.
     pub time: Option<String>,
+    /// Access-log fields (`AccessDecision` events).
+    pub event_id: Option<String>,
+    pub record_id: Option<String>,
+    pub patient_org: Option<String>,
+    pub actor_role: Option<String>,
+    pub action: Option<String>,
+    pub reason: Option<String>,
+    /// The chaincode's time key (`Time::sort_key`), set when the payload is
+    /// a full access-log entry.
+    pub time_key: Option<String>,
 }
 
 /// Filters of an audit query; `None` matches everything.
@@ -56,8 +66,9 @@ impl Db {
         for e in events {
             sqlx::query(
                 "INSERT INTO ledger_events
-                   (tx_id, event_name, block, payload, patient_id, actor, actor_org, decision, purpose, break_glass, time)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                   (tx_id, event_name, block, payload, patient_id, actor, actor_org, decision, purpose, break_glass, time,
+                    event_id, record_id, patient_org, actor_role, action, reason, time_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
                  ON CONFLICT (tx_id, event_name) DO NOTHING",
             )
             .bind(&e.tx_id)
@@ -71,6 +82,13 @@ impl Db {
             .bind(e.purpose.clone())
             .bind(e.break_glass.map(i64::from))
             .bind(e.time.clone())
+            .bind(e.event_id.clone())
+            .bind(e.record_id.clone())
+            .bind(e.patient_org.clone())
+            .bind(e.actor_role.clone())
+            .bind(e.action.clone())
+            .bind(e.reason.clone())
+            .bind(e.time_key.clone())
             .execute(&mut *tx)
             .await?;
         }
@@ -84,7 +102,37 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.progress.notify_waiters();
         Ok(())
+    }
+
+    /// Waits until checkpoint `name` reaches `block` (woken by
+    /// [`Db::project_events`] in this process, polling for other writers);
+    /// false when `timeout` passed first.
+    pub async fn wait_checkpoint(
+        &self,
+        name: &str,
+        block: i64,
+        timeout: std::time::Duration,
+    ) -> Result<bool, DbError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.checkpoint(name).await?.is_some_and(|c| c >= block) {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let poll = (deadline - now).min(std::time::Duration::from_millis(50));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
     }
 
     /// The last fully projected block of a checkpoint.
@@ -99,7 +147,8 @@ impl Db {
     /// Projected events matching `f`, ordered by (block, tx_id).
     pub async fn query_events(&self, f: &EventFilter) -> Result<Vec<ProjectedEvent>, DbError> {
         let mut sql = String::from(
-            "SELECT tx_id, event_name, block, payload, patient_id, actor, actor_org, decision, purpose, break_glass, time
+            "SELECT tx_id, event_name, block, payload, patient_id, actor, actor_org, decision, purpose, break_glass, time,
+                    event_id, record_id, patient_org, actor_role, action, reason, time_key
              FROM ledger_events WHERE 1 = 1",
         );
         let mut args: Vec<Arg> = Vec::new();
@@ -147,24 +196,31 @@ impl Db {
             };
         }
         let rows = q.fetch_all(self.pool()).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ProjectedEvent {
-                    tx_id: r.try_get("tx_id")?,
-                    event_name: r.try_get("event_name")?,
-                    block: r.try_get("block")?,
-                    payload: r.try_get("payload")?,
-                    patient_id: r.try_get("patient_id")?,
-                    actor: r.try_get("actor")?,
-                    actor_org: r.try_get("actor_org")?,
-                    decision: r.try_get("decision")?,
-                    purpose: r.try_get("purpose")?,
-                    break_glass: r.try_get::<Option<i64>, _>("break_glass")?.map(|b| b != 0),
-                    time: r.try_get("time")?,
-                })
-            })
-            .collect()
+        rows.iter().map(row_event).collect()
     }
+}
+
+fn row_event(r: &sqlx::any::AnyRow) -> Result<ProjectedEvent, DbError> {
+    Ok(ProjectedEvent {
+        tx_id: r.try_get("tx_id")?,
+        event_name: r.try_get("event_name")?,
+        block: r.try_get("block")?,
+        payload: r.try_get("payload")?,
+        patient_id: r.try_get("patient_id")?,
+        actor: r.try_get("actor")?,
+        actor_org: r.try_get("actor_org")?,
+        decision: r.try_get("decision")?,
+        purpose: r.try_get("purpose")?,
+        break_glass: r.try_get::<Option<i64>, _>("break_glass")?.map(|b| b != 0),
+        time: r.try_get("time")?,
+        event_id: r.try_get("event_id")?,
+        record_id: r.try_get("record_id")?,
+        patient_org: r.try_get("patient_org")?,
+        actor_role: r.try_get("actor_role")?,
+        action: r.try_get("action")?,
+        reason: r.try_get("reason")?,
+        time_key: r.try_get("time_key")?,
+    })
 }
 
 enum Arg {
@@ -190,6 +246,13 @@ mod tests {
             purpose: Some("TREAT".into()),
             break_glass: Some(false),
             time: Some(format!("2026-01-01T00:00:{block:02}Z")),
+            event_id: Some(tx.into()),
+            record_id: Some("r1".into()),
+            patient_org: Some("hospital-a".into()),
+            actor_role: Some("clinician".into()),
+            action: Some("read".into()),
+            reason: Some("no_consent".into()),
+            time_key: Some(format!("{block:012}000000000")),
         }
     }
 

@@ -4,6 +4,8 @@
 //! both); migrations per backend run at start.
 
 pub mod events;
+pub mod log;
+pub mod titles;
 pub mod uploads;
 pub mod users;
 
@@ -58,6 +60,8 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// Woken whenever a projection checkpoint moves.
+    progress: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The default SQLite URL for a data directory.
@@ -135,7 +139,11 @@ impl Db {
             // WAL is a property of the database file; it persists.
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
-        let db = Self { pool, backend };
+        let db = Self {
+            pool,
+            backend,
+            progress: Default::default(),
+        };
         db.migrate().await?;
         Ok(db)
     }
