@@ -358,3 +358,422 @@ pub async fn projection_ready(db: &Db, chain: &dyn Chain, wait: Duration) -> Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The projection against the chaincode itself: the same access log
+    //! (the real contract over a `MemStub`, its events projected), the same
+    //! queries by every kind of caller, the same answers.
+
+    use std::collections::BTreeMap;
+
+    use ehr_chaincode::Chaincode;
+    use ehr_chaincode::contract::EhrContract;
+    use ehr_chaincode::memstub::MemStub;
+    use ehr_chaincode::stub::TxTimestamp;
+    use ehr_ledger::msp::ca::OrgCa;
+    use serde_json::{Map, json};
+
+    use super::*;
+    use crate::crypto::kek::Kek;
+    use crate::db::testdb;
+    use crate::db::users::User;
+    use crate::projector;
+
+    const A: &str = "hospital-a";
+    const B: &str = "hospital-b";
+    const CID: &str = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    const T0: i64 = 1_700_000_000;
+
+    struct Who {
+        name: &'static str,
+        creator: Vec<u8>,
+        identity: Identity,
+        umbral_pk: Vec<u8>,
+    }
+
+    struct World {
+        stub: MemStub,
+        people: BTreeMap<&'static str, Who>,
+        n: u64,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let kek = Kek::from_bytes(&[3u8; 32]);
+            let cas: BTreeMap<&str, OrgCa> = [A, B]
+                .into_iter()
+                .map(|o| (o, OrgCa::generate(o, o).unwrap()))
+                .collect();
+            // (name, org, user id, role, patient id, attributes)
+            let cast: [(&str, &str, &str, &str, Option<&str>, &[(&str, &str)]); 10] = [
+                ("pa1", A, "u-pa1", "patient", Some("p-a1"), &[]),
+                ("pa2", A, "u-pa2", "patient", Some("p-a2"), &[]),
+                ("pb1", B, "u-pb1", "patient", Some("p-b1"), &[]),
+                // The same user id at two orgs: different people.
+                (
+                    "doc-a",
+                    A,
+                    "doc",
+                    "clinician",
+                    None,
+                    &[("department", "general")],
+                ),
+                (
+                    "doc-b",
+                    B,
+                    "doc",
+                    "clinician",
+                    None,
+                    &[("department", "cardiology")],
+                ),
+                (
+                    "derm-b",
+                    B,
+                    "u-derm",
+                    "clinician",
+                    None,
+                    &[("department", "dermatology")],
+                ),
+                ("admin-a", A, "admin", "admin", None, &[]),
+                ("admin-b", B, "admin", "admin", None, &[]),
+                ("aud-a", A, "aud", "auditor", None, &[]),
+                ("aud-b", B, "aud", "auditor", None, &[]),
+            ];
+            let mut people = BTreeMap::new();
+            for (name, org, user_id, role, patient_id, attrs) in cast {
+                let user = User {
+                    user_id: user_id.into(),
+                    username: name.into(),
+                    role: role.into(),
+                    attributes: attrs
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+                        .collect::<Map<_, _>>(),
+                    patient_id: patient_id.map(str::to_owned),
+                };
+                let row = crate::identity::enroll(&cas[org], &kek, &user).unwrap();
+                let signer = crate::identity::signer(&row, &kek).unwrap();
+                let creator = signer.serialized().to_vec();
+                let identity = ehr_chaincode::identity::from_creator(&creator).unwrap();
+                assert_eq!(identity.msp_id, org);
+                people.insert(
+                    name,
+                    Who {
+                        name,
+                        creator,
+                        identity,
+                        umbral_pk: row.umbral_pk.clone(),
+                    },
+                );
+            }
+            Self {
+                stub: MemStub::new(),
+                people,
+                n: 0,
+            }
+        }
+
+        /// Runs `function(arg)` as `who` at `secs` (+ `nanos`); returns status and payload.
+        fn call(
+            &mut self,
+            who: &str,
+            function: &str,
+            arg: Value,
+            secs: i64,
+            nanos: i32,
+        ) -> (i32, Value) {
+            self.n += 1;
+            // Tx ids whose order is not the call order.
+            let tx = hex::encode(sha2::Sha256::digest(self.n.to_be_bytes()));
+            self.stub.set_creator(self.people[who].creator.clone());
+            let ts = TxTimestamp {
+                seconds: T0 + secs,
+                nanos,
+            };
+            let (r, _) = self.stub.run(
+                &EhrContract,
+                tx,
+                ts,
+                &[function.as_bytes().to_vec(), arg.to_string().into_bytes()],
+            );
+            let payload = if r.is_ok() {
+                serde_json::from_slice(&r.payload).unwrap_or(Value::Null)
+            } else {
+                Value::String(r.message)
+            };
+            (r.status, payload)
+        }
+
+        fn ok(&mut self, who: &str, function: &str, arg: Value, secs: i64) -> Value {
+            let (status, v) = self.call(who, function, arg, secs, 0);
+            assert_eq!(status, 200, "{who} {function}: {v}");
+            v
+        }
+    }
+
+    use sha2::Digest;
+
+    /// A small but varied access log: allows, denies, break-glass, an
+    /// unknown record, ties in time, several orgs on both sides.
+    fn build() -> World {
+        let mut w = World::new();
+        for (admin, p, who) in [
+            ("admin-a", "p-a1", "pa1"),
+            ("admin-a", "p-a2", "pa2"),
+            ("admin-b", "p-b1", "pb1"),
+        ] {
+            let pk = format!("0x{}", hex::encode(&w.people[who].umbral_pk));
+            w.ok(
+                admin,
+                "RegisterPatient",
+                json!({"patient_id": p, "pre_public_key": pk}),
+                1,
+            );
+        }
+        for (admin, p, r, cat) in [
+            ("admin-a", "p-a1", "r-a1-lab", "lab"),
+            ("admin-a", "p-a1", "r-a1-note", "note"),
+            ("admin-a", "p-a2", "r-a2-lab", "lab"),
+            ("admin-b", "p-b1", "r-b1-lab", "lab"),
+        ] {
+            w.ok(admin, "AddRecord", json!({"record_id": r, "patient_id": p, "category": cat, "cid": CID,
+                "sha256": "ab".repeat(32), "size": 10, "content_type": "text/plain", "capsule_ref": CID}), 2);
+        }
+        w.ok("pa1", "GrantConsent", json!({"patient_id": "p-a1",
+            "grantee": {"type": "role", "org": B, "role": "clinician"}, "scope": {"categories": ["lab"]},
+            "actions": ["read"], "purposes": ["TREAT"], "conditions": {"department": "cardiology"}}), 3);
+        let reads: [(&str, &str, &str, Option<&str>); 14] = [
+            ("pa1", "r-a1-lab", "TREAT", None),
+            ("doc-b", "r-a1-lab", "TREAT", None),
+            ("derm-b", "r-a1-lab", "TREAT", None),
+            ("doc-a", "r-a1-lab", "TREAT", None),
+            ("doc-b", "r-a1-note", "TREAT", None),
+            (
+                "doc-a",
+                "r-a2-lab",
+                "ETREAT",
+                Some("unconscious patient in ER"),
+            ),
+            ("doc-b", "r-b1-lab", "HRESCH", None),
+            ("pb1", "r-b1-lab", "TREAT", None),
+            ("pb1", "r-a1-lab", "TREAT", None),
+            ("aud-a", "r-a1-lab", "TREAT", None),
+            ("admin-b", "r-a2-lab", "HOPERAT", None),
+            ("derm-b", "r-nobody", "TREAT", None),
+            ("doc-b", "r-b1-lab", "ETREAT", Some("er")),
+            ("pa2", "r-a2-lab", "TREAT", None),
+        ];
+        for (i, (who, record, purpose, j)) in reads.into_iter().enumerate() {
+            let mut arg = json!({"record_id": record, "action": "read", "purpose": purpose});
+            if let Some(j) = j {
+                arg["justification"] = j.into();
+            }
+            // Pairs of decisions share a timestamp: order falls to the event id.
+            let secs = 10 + (i as i64) / 2;
+            let (status, v) = w.call(who, "RequestAccess", arg, secs, 250_000_000);
+            assert_eq!(status, 200, "{who} reads {record}: {v}");
+        }
+        w
+    }
+
+    async fn project(w: &World) -> (Db, tempfile::TempDir) {
+        let (db, dir) = testdb::sqlite().await;
+        let rows: Vec<_> = w
+            .stub
+            .committed_events()
+            .iter()
+            .enumerate()
+            .map(|(i, (tx, name, payload))| projector::project(tx, name, i as u64 + 1, payload))
+            .collect();
+        assert!(
+            rows.iter()
+                .filter(|r| r.event_name == projector::ACCESS_DECISION)
+                .all(|r| r.time_key.is_some())
+        );
+        db.project_events(CHECKPOINT, &rows, rows.len() as i64)
+            .await
+            .unwrap();
+        (db, dir)
+    }
+
+    /// The projection's answer in the chaincode's terms: status and JSON.
+    async fn from_projection(db: &Db, who: &Identity, args: &Value) -> (i32, Value) {
+        let q = match LogArgs::from_chaincode_args(args) {
+            Ok(q) => q,
+            Err(_) => return (400, Value::Null),
+        };
+        match query(db, who, q).await {
+            Ok(p) => (200, serde_json::to_value(p).unwrap()),
+            Err(AuditError::BadRequest(_)) => (400, Value::Null),
+            Err(AuditError::Forbidden(_)) => (403, Value::Null),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn time(secs: i64) -> String {
+        Time::from_unix(T0 + secs, 250_000_000)
+            .unwrap()
+            .to_rfc3339()
+    }
+
+    #[tokio::test]
+    async fn projection_answers_as_the_chaincode_for_every_role() {
+        let mut w = build();
+        let (db, _dir) = project(&w).await;
+        let queries = vec![
+            json!({}),
+            json!({"patient_id": "p-a1"}),
+            json!({"patient_id": "p-a2"}),
+            json!({"patient_id": "p-b1"}),
+            json!({"actor": "doc"}),
+            json!({"actor": "doc", "org": A}),
+            json!({"actor": "doc", "org": B}),
+            json!({"org": B}),
+            json!({"org": A, "decision": "deny"}),
+            json!({"decision": "allow"}),
+            json!({"purpose": "ETREAT"}),
+            json!({"break_glass": true}),
+            json!({"break_glass": false, "decision": "deny"}),
+            json!({"break_glass": true, "org": A}),
+            json!({"from": time(12)}),
+            json!({"to": time(13)}),
+            json!({"from": time(11), "to": time(14), "patient_id": "p-a1"}),
+            json!({"from": "2023-11-14T22:13:31Z"}),
+            json!({"limit": 1}),
+            json!({"limit": 1000}),
+            // Invalid: as the chaincode rejects them.
+            json!({"limit": 0}),
+            json!({"limit": 1001}),
+            json!({"from": time(14), "to": time(12)}),
+            json!({"from": "yesterday"}),
+            json!({"decision": "maybe"}),
+            json!({"purpose": "FUN"}),
+            json!({"bookmark": "zz"}),
+            json!({"bookmark": page::encode_bookmark("elsewhere")}),
+            json!({"patient_id": "bad id!"}),
+            json!({"unknown": 1}),
+        ];
+        let names: Vec<&str> = w.people.keys().copied().collect();
+        let mut compared = 0;
+        let mut non_empty = 0;
+        for name in &names {
+            for q in &queries {
+                let who = w.people[name].identity.clone();
+                let (cs, cv) = w.call(name, "QueryAccessLog", q.clone(), 100, 0);
+                let (ps, pv) = from_projection(&db, &who, q).await;
+                assert_eq!(ps, cs, "{name} {q}: chaincode {cv}");
+                if cs == 200 {
+                    assert_eq!(pv, cv, "{name} {q}");
+                    if cv["events"].as_array().is_some_and(|e| !e.is_empty()) {
+                        non_empty += 1;
+                    }
+                }
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, names.len() * queries.len());
+        assert!(non_empty > 100, "the comparisons saw events ({non_empty})");
+        // Every role is restricted somewhere: a patient naming another
+        // patient, a clinician naming another actor.
+        let (s, _) = from_projection(
+            &db,
+            &w.people["pa1"].identity,
+            &json!({"patient_id": "p-a2"}),
+        )
+        .await;
+        assert_eq!(s, 403);
+        let (s, _) = from_projection(&db, &w.people["doc-a"].identity, &json!({"org": B})).await;
+        assert_eq!(s, 403);
+    }
+
+    #[tokio::test]
+    async fn bookmarks_page_the_same_and_cross_sources() {
+        let mut w = build();
+        let (db, _dir) = project(&w).await;
+        for (name, base) in [
+            ("aud-a", json!({})),
+            ("admin-a", json!({})),
+            ("admin-b", json!({"decision": "deny"})),
+            ("aud-b", json!({"break_glass": true})),
+            ("doc-b", json!({})),
+            ("pa1", json!({"from": time(10)})),
+        ] {
+            let who = w.people[name].identity.clone();
+            for limit in [1, 2, 3] {
+                // Whole walk through each source.
+                let mut walks: Vec<Vec<Value>> = Vec::new();
+                for source in ["chaincode", "projection", "alternating"] {
+                    let mut events = Vec::new();
+                    let mut bookmark: Option<String> = None;
+                    for page_no in 0.. {
+                        assert!(page_no < 100, "runaway paging");
+                        let mut q = base.clone();
+                        q["limit"] = limit.into();
+                        if let Some(b) = &bookmark {
+                            q["bookmark"] = b.clone().into();
+                        }
+                        let use_chain = match source {
+                            "chaincode" => true,
+                            "projection" => false,
+                            _ => page_no % 2 == 0,
+                        };
+                        let v = if use_chain {
+                            let (s, v) = w.call(name, "QueryAccessLog", q.clone(), 100, 0);
+                            assert_eq!(s, 200, "{v}");
+                            v
+                        } else {
+                            let (s, v) = from_projection(&db, &who, &q).await;
+                            assert_eq!(s, 200);
+                            v
+                        };
+                        events.extend(v["events"].as_array().cloned().unwrap_or_default());
+                        match v.get("bookmark").and_then(Value::as_str) {
+                            Some(b) => bookmark = Some(b.to_owned()),
+                            None => break,
+                        }
+                    }
+                    walks.push(events);
+                }
+                assert!(!walks[0].is_empty(), "{name} {base} sees events");
+                assert_eq!(
+                    walks[1], walks[0],
+                    "{name} {base} limit {limit}: projection"
+                );
+                assert_eq!(
+                    walks[2], walks[0],
+                    "{name} {base} limit {limit}: alternating sources"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn start_positions_from_resume_keys() {
+        assert_eq!(start_of("001"), Start::Time("001".into()));
+        assert_eq!(
+            start_of("t\u{0}id\u{0}"),
+            Start::At {
+                time_key: "t".into(),
+                event_id: "id".into(),
+                inclusive: true
+            }
+        );
+        assert_eq!(
+            start_of("t\u{0}id\u{0}\u{0}"),
+            Start::At {
+                time_key: "t".into(),
+                event_id: "id".into(),
+                inclusive: false
+            }
+        );
+        assert_eq!(
+            start_of("t\u{0}i"),
+            Start::At {
+                time_key: "t".into(),
+                event_id: "i".into(),
+                inclusive: true
+            }
+        );
+    }
+}

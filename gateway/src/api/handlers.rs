@@ -302,7 +302,9 @@ pub struct UploadParams {
     pub category: String,
     /// Media type of the file; defaults to the request's Content-Type.
     pub content_type: Option<String>,
-    /// Optional title (kept off-chain; not stored yet).
+    /// Optional title, at most 256 bytes. It may be PHI: it never goes
+    /// on-chain; the patient's home gateway keeps it encrypted and returns it
+    /// with the record's metadata (other gateways refuse it: 422).
     pub title: Option<String>,
 }
 
@@ -390,6 +392,11 @@ pub async fn upload_record(
             .await?,
     )?;
     let pk_hex = patient_public_key(&patient)?;
+    if p.title.is_some() && app.db.user_by_patient(&patient_id).await?.is_none() {
+        return Err(ApiError::unprocessable(
+            "a title is kept by the patient's home gateway: upload there, or omit the title",
+        ));
+    }
 
     let record_id = random_id("r-");
     app.db
@@ -442,6 +449,17 @@ pub async fn upload_record(
         // Without bookkeeping, reconciliation could not find these blobs.
         unpin_quietly(&app, &[stored.cid, capsule_cid]).await;
         return Err(e.into());
+    }
+    if let Some(title) = &p.title {
+        let sealed = app.kek.seal(&title_context(&record_id), title.as_bytes());
+        if let Err(e) = app.db.put_title(&record_id, &sealed).await {
+            unpin_quietly(&app, &[stored.cid, capsule_cid]).await;
+            let _ = app
+                .db
+                .upload_cleaned(&record_id, UploadState::BlobStored, &e.to_string())
+                .await;
+            return Err(e.into());
+        }
     }
     let args = json!({
         "record_id": record_id,
@@ -537,7 +555,38 @@ fn page_args(mut base: Value, p: &PageParams) -> ApiResult<Value> {
     Ok(base)
 }
 
-/// Records of a patient that the caller may see (metadata only).
+/// The KEK context of a record's title: a sealed title opens only as the
+/// title of that record.
+fn title_context(record_id: &str) -> String {
+    format!("record-title:{record_id}")
+}
+
+/// Adds `title` to a record's metadata when this gateway keeps one (the
+/// patient's home gateway, for uploads made there).
+async fn with_title(app: &AppState, record: &mut Value) -> ApiResult<()> {
+    let Some(record_id) = record
+        .get("record_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return Ok(());
+    };
+    let Some(sealed) = app.db.title(&record_id).await? else {
+        return Ok(());
+    };
+    match app.kek.open(&title_context(&record_id), &sealed) {
+        Ok(plain) => {
+            if let (Ok(t), Some(obj)) = (std::str::from_utf8(&plain), record.as_object_mut()) {
+                obj.insert("title".into(), t.into());
+            }
+        }
+        Err(e) => tracing::warn!(%record_id, error = %e, "stored title does not open; left out"),
+    }
+    Ok(())
+}
+
+/// Records of a patient that the caller may see (metadata only; `title`
+/// when this is the patient's home gateway and the upload had one).
 #[utoipa::path(get, path = "/api/v1/patients/{patient_id}/records", params(("patient_id" = String, Path), PageParams), security(("bearer" = [])),
     responses((status = 200, description = "page of records"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_records(
@@ -548,12 +597,17 @@ pub async fn list_records(
 ) -> ApiResult<Json<Value>> {
     check_id("patient", &patient_id)?;
     let args = page_args(json!({"patient_id": patient_id}), &p)?;
-    Ok(Json(parse_json(
-        &app.chain.evaluate(&c.signer, "ListRecords", &args).await?,
-    )?))
+    let mut page: Value = parse_json(&app.chain.evaluate(&c.signer, "ListRecords", &args).await?)?;
+    if let Some(records) = page.get_mut("records").and_then(Value::as_array_mut) {
+        for r in records {
+            with_title(&app, r).await?;
+        }
+    }
+    Ok(Json(page))
 }
 
-/// A record's metadata.
+/// A record's metadata (`title` when this is the patient's home gateway and
+/// the upload had one).
 #[utoipa::path(get, path = "/api/v1/records/{record_id}", params(("record_id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, description = "record metadata"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_record(
@@ -562,11 +616,13 @@ pub async fn get_record(
     Path(record_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_id("record", &record_id)?;
-    Ok(Json(parse_json(
+    let mut record: Value = parse_json(
         &app.chain
             .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
             .await?,
-    )?))
+    )?;
+    with_title(&app, &mut record).await?;
+    Ok(Json(record))
 }
 
 /// Read parameters.

@@ -118,7 +118,8 @@ impl Db {
         .await
     }
 
-    /// Records that a failed upload's blobs were unpinned.
+    /// Records that a failed upload's blobs were unpinned (and forgets its
+    /// title: there is no record to name).
     pub async fn upload_cleaned(
         &self,
         record_id: &str,
@@ -132,7 +133,8 @@ impl Db {
             "error = $4",
             vec![Val::Text(error.to_owned())],
         )
-        .await
+        .await?;
+        self.delete_title(record_id).await
     }
 
     async fn transition(
@@ -249,9 +251,15 @@ mod tests {
         db.upload_blob_stored("r2", "bafy", "bafc", "00", 1)
             .await
             .unwrap();
+        db.put_title("r2", b"sealed").await.unwrap();
         db.upload_cleaned("r2", UploadState::BlobStored, "ledger down")
             .await
             .unwrap();
+        assert_eq!(
+            db.title("r2").await.unwrap(),
+            None,
+            "no title without a record"
+        );
         let u = db.upload("r2").await.unwrap().unwrap();
         assert_eq!(u.state, UploadState::Cleaned);
         assert_eq!(u.error.as_deref(), Some("ledger down"));
