@@ -137,6 +137,15 @@ async fn scenario(services: Services) -> Result<()> {
     ] {
         let r = net.http.get(&url).bearer_auth(token).send().await?;
         assert_eq!(r.status(), 200, "{who} at {org}");
+        // Asked right after the last decision (committed through another
+        // org's gateway): the projection had caught up, so it answered.
+        assert_eq!(
+            r.headers()
+                .get("x-audit-source")
+                .and_then(|v| v.to_str().ok()),
+            Some("projection"),
+            "{who} at {org}"
+        );
         let v: Value = r.json().await?;
         let events = v["events"].as_array().expect("events");
         let mut events: Vec<&Value> = events
@@ -161,6 +170,196 @@ async fn scenario(services: Services) -> Result<()> {
             assert_eq!(e["actor_org"], actor_user.as_str(), "{who}: {e}");
         }
     }
+
+    // Both sources answer the same for every role, at both orgs.
+    let admin_a = net.token(A, "admin").await?;
+    let admin_b = net.token(B, "admin").await?;
+    let auditor_b = net.token(B, "auditor-b").await?;
+    let (api_a, api_b) = (net.api(A), net.api(B));
+    let cases: Vec<(&str, &String, String)> = vec![
+        (
+            "patient",
+            &patient,
+            format!("{api_a}/patients/{pid}/access-log"),
+        ),
+        (
+            "patient, paged",
+            &patient,
+            format!("{api_a}/patients/{pid}/access-log?limit=2"),
+        ),
+        (
+            "patient, own events",
+            &patient,
+            format!("{api_a}/audit/events?decision=deny"),
+        ),
+        ("clinician at B", &cardio, format!("{api_b}/audit/events")),
+        (
+            "clinician at B, denials",
+            &derm,
+            format!("{api_b}/audit/events?decision=deny"),
+        ),
+        ("admin A", &admin_a, format!("{api_a}/audit/events")),
+        ("admin B", &admin_b, format!("{api_b}/audit/events?org={B}")),
+        (
+            "auditor A",
+            &auditor,
+            format!("{api_a}/audit/events?purpose=TREAT&limit=3"),
+        ),
+        (
+            "auditor B",
+            &auditor_b,
+            format!("{api_b}/audit/events?patient={pid}&decision=allow"),
+        ),
+        (
+            "auditor B, time",
+            &auditor_b,
+            format!("{api_b}/audit/events?from=2020-01-01T00:00:00Z&break_glass=false"),
+        ),
+        (
+            "disclosures",
+            &patient,
+            format!("{api_a}/patients/{pid}/disclosures"),
+        ),
+    ];
+    for (who, token, url) in cases {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let mut answers = Vec::new();
+        for (u, want) in [
+            (url.clone(), "projection"),
+            (format!("{url}{sep}source=ledger"), "ledger"),
+        ] {
+            let r = net.http.get(&u).bearer_auth(token).send().await?;
+            assert_eq!(r.status(), 200, "{who}: {u}");
+            let source = r
+                .headers()
+                .get("x-audit-source")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            assert_eq!(source.as_deref(), Some(want), "{who}: {u}");
+            answers.push(r.json::<Value>().await?);
+        }
+        assert_eq!(answers[0], answers[1], "{who}: projection vs ledger");
+    }
+    // A bookmark of one source pages on in the other.
+    let first: Value = net
+        .http
+        .get(format!("{api_a}/audit/events?limit=2"))
+        .bearer_auth(&auditor)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let cursor = first["bookmark"]
+        .as_str()
+        .expect("more than two events")
+        .to_owned();
+    let mut next = Vec::new();
+    for source in ["auto", "ledger"] {
+        let v: Value = net
+            .http
+            .get(format!(
+                "{api_a}/audit/events?limit=2&cursor={cursor}&source={source}"
+            ))
+            .bearer_auth(&auditor)
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(v["events"].as_array().map(Vec::len), Some(2), "{v}");
+        next.push(v);
+    }
+    assert_eq!(next[0], next[1]);
+    // The same restrictions through the projection: 403 for another patient's log.
+    let other = net.patient_id("patient-b").expect("demo patient");
+    let r = net
+        .http
+        .get(format!("{api_a}/audit/events?patient={other}"))
+        .bearer_auth(&patient)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+
+    // A title stays at the patient's home gateway, sealed.
+    let title = "Knee MRI, left — Dr. Ödön's referral";
+    let r = net
+        .http
+        .post(format!("{api_a}/patients/{pid}/records?category=imaging"))
+        .query(&[("title", title)])
+        .bearer_auth(&patient)
+        .body(file(1000))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201, "{}", r.text().await?);
+    let titled = r.json::<Value>().await?["record_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v: Value = net
+        .http
+        .get(format!("{api_a}/records/{titled}"))
+        .bearer_auth(&patient)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["title"], title, "{v}");
+    let list: Value = net
+        .http
+        .get(format!("{api_a}/patients/{pid}/records"))
+        .bearer_auth(&patient)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let records = list["records"].as_array().expect("records");
+    let with: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.get("title").is_some())
+        .collect();
+    assert_eq!(with.len(), 1, "{list}");
+    assert_eq!(with[0]["record_id"], titled.as_str());
+    assert_eq!(with[0]["title"], title);
+    // Another org's gateway sees the record (an auditor sees all metadata) but has no title.
+    let r = net
+        .http
+        .get(format!("{api_b}/records/{titled}"))
+        .bearer_auth(&auditor_b)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    assert_eq!(v["record_id"], titled.as_str());
+    assert!(v.get("title").is_none(), "{v}");
+    // ... and refuses to keep one for a patient who is not its own.
+    let r = net
+        .http
+        .post(format!(
+            "{api_b}/patients/{pid}/records?category=lab&title=x"
+        ))
+        .bearer_auth(&cardio)
+        .body(b"x".to_vec())
+        .send()
+        .await?;
+    assert_eq!(r.status(), 422);
+    // At rest: the column holds ciphertext, the ledger never saw the title.
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("SELECT title_sealed FROM record_titles WHERE record_id = $1")
+            .bind(&titled)
+            .fetch_one(net.c.gateways[0].state.db.pool())
+            .await?;
+    let needle = title.as_bytes();
+    assert!(sealed.len() > needle.len());
+    assert!(
+        !sealed.windows(needle.len()).any(|w| w == needle),
+        "title stored in clear"
+    );
+    assert!(!sealed.windows(4).any(|w| w == b"Knee"));
+    let chain = std::fs::read(net.c.devnet.block_file_path())?;
+    assert!(
+        !chain.windows(needle.len()).any(|w| w == needle),
+        "title on the ledger"
+    );
+    assert!(!chain.windows(8).any(|w| w == b"Knee MRI"));
 
     // Proof of a decision against the hash chain, disclosures, exports.
     let log: Value = net
@@ -244,6 +443,12 @@ async fn scenario(services: Services) -> Result<()> {
         decisions,
         ["allow", "deny", "allow", "deny", "deny"],
         "projection"
+    );
+    assert!(
+        projected
+            .iter()
+            .all(|e| e.time_key.is_some() && e.actor_role.is_some()),
+        "full entries projected"
     );
     assert!(
         db.checkpoint(ehr_gateway::projector::CHECKPOINT)
