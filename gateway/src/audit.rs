@@ -367,7 +367,6 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use ehr_chaincode::Chaincode;
     use ehr_chaincode::contract::EhrContract;
     use ehr_chaincode::memstub::MemStub;
     use ehr_chaincode::stub::TxTimestamp;
@@ -386,11 +385,20 @@ mod tests {
     const T0: i64 = 1_700_000_000;
 
     struct Who {
-        name: &'static str,
         creator: Vec<u8>,
         identity: Identity,
         umbral_pk: Vec<u8>,
     }
+
+    /// Name, org, user id, role, patient id, attributes.
+    type CastRow = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        &'static [(&'static str, &'static str)],
+    );
 
     struct World {
         stub: MemStub,
@@ -406,7 +414,7 @@ mod tests {
                 .map(|o| (o, OrgCa::generate(o, o).unwrap()))
                 .collect();
             // (name, org, user id, role, patient id, attributes)
-            let cast: [(&str, &str, &str, &str, Option<&str>, &[(&str, &str)]); 10] = [
+            let cast: [CastRow; 10] = [
                 ("pa1", A, "u-pa1", "patient", Some("p-a1"), &[]),
                 ("pa2", A, "u-pa2", "patient", Some("p-a2"), &[]),
                 ("pb1", B, "u-pb1", "patient", Some("p-b1"), &[]),
@@ -460,7 +468,6 @@ mod tests {
                 people.insert(
                     name,
                     Who {
-                        name,
                         creator,
                         identity,
                         umbral_pk: row.umbral_pk.clone(),

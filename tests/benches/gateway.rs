@@ -2,8 +2,11 @@
 //! throughput over HTTP for 1 MiB and 100 MiB files next to the raw
 //! AES-256-GCM + SHA-256 throughput measured in the same run, and the rate
 //! and latency of access decisions (allowed reads of a small record, and
-//! denied reads, each an on-chain RequestAccess). Prints a Markdown table.
-//! `EHR_BENCH_QUICK=1` shrinks the run (CI smoke).
+//! denied reads, each an on-chain RequestAccess), and the latency of
+//! access-log queries answered by the event projection vs the chaincode
+//! over ~10,000 logged decisions. Prints Markdown tables.
+//! `EHR_BENCH_QUICK=1` shrinks the run (CI smoke); `EHR_BENCH_ONLY=audit`
+//! runs only the audit queries (`EHR_BENCH_AUDIT_EVENTS`, default 10000).
 
 use std::time::{Duration, Instant};
 
@@ -104,12 +107,140 @@ async fn rate(
     })
 }
 
+/// Sequential latency of `n` GETs; the `x-audit-source` that answered.
+async fn latency(
+    net: &Net,
+    url: &str,
+    token: &str,
+    n: usize,
+) -> Result<(Duration, Duration, String)> {
+    let mut lat = Vec::with_capacity(n);
+    let mut source = String::new();
+    for i in 0..n + 3 {
+        let t = Instant::now();
+        let r = net.http.get(url).bearer_auth(token).send().await?;
+        anyhow::ensure!(r.status() == 200, "{url}: {}", r.status());
+        source = r
+            .headers()
+            .get("x-audit-source")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_owned();
+        let _ = r.bytes().await?;
+        if i >= 3 {
+            lat.push(t.elapsed());
+        }
+    }
+    lat.sort();
+    let pct = |p: f64| {
+        lat[((lat.len() as f64 * p).ceil() as usize)
+            .saturating_sub(1)
+            .min(lat.len() - 1)]
+    };
+    Ok((pct(0.50), pct(0.99), source))
+}
+
+/// Fills the access log with `events` denied reads, then times access-log
+/// queries from the projection and from the chaincode.
+async fn audit_queries(net: &Net, events: usize, reps: usize) -> Result<()> {
+    let patient = net.token("hospital-a", "patient-a").await?;
+    let outsider = net.token("hospital-c", "doctor-c").await?;
+    let auditor = net.token("hospital-a", "auditor-a").await?;
+    let admin_b = net.token("hospital-b", "admin").await?;
+    let pid = net.patient_id("patient-a").expect("demo patient");
+    let r = net
+        .http
+        .post(format!(
+            "{}/patients/{pid}/records?category=note",
+            net.api("hospital-a")
+        ))
+        .bearer_auth(&patient)
+        .body(data(1024))
+        .send()
+        .await?;
+    let v: Value = r.json().await?;
+    let rid = v["record_id"].as_str().unwrap_or_default().to_owned();
+    let start = Instant::now();
+    let fill = rate(
+        net,
+        &format!(
+            "{}/records/{rid}/content?purpose=TREAT",
+            net.api("hospital-c")
+        ),
+        &outsider,
+        events,
+        32,
+        403,
+    )
+    .await?;
+    eprintln!(
+        "logged {events} decisions in {:.1} s ({:.0}/s)",
+        start.elapsed().as_secs_f64(),
+        fill.rps
+    );
+    let a = net.api("hospital-a");
+    let cases = [
+        (
+            "auditor, newest-first page of everything (`/audit/events?limit=100`)",
+            format!("{a}/audit/events?limit=100"),
+            &auditor,
+        ),
+        (
+            "patient's own log (`/patients/{id}/access-log?limit=100`)",
+            format!("{a}/patients/{pid}/access-log?limit=100"),
+            &patient,
+        ),
+        (
+            "auditor, by actor org + decision (`?org=hospital-c&decision=deny&limit=100`)",
+            format!("{a}/audit/events?org=hospital-c&decision=deny&limit=100"),
+            &auditor,
+        ),
+        (
+            "auditor, a filter nothing matches (`?purpose=HRESCH`)",
+            format!("{a}/audit/events?purpose=HRESCH&limit=100"),
+            &auditor,
+        ),
+        (
+            "admin of an uninvolved org (`/audit/events` at hospital-b)",
+            format!("{}/audit/events?limit=100", net.api("hospital-b")),
+            &admin_b,
+        ),
+    ];
+    println!("
+| access-log query over {events} logged decisions | projection p50 / p99 | ledger (chaincode) p50 / p99 |
+|---|---|---|");
+    for (label, url, token) in cases {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let (p50, p99, src) = latency(net, &url, token, reps).await?;
+        anyhow::ensure!(src == "projection", "{url} answered by {src}");
+        let (l50, l99, src) =
+            latency(net, &format!("{url}{sep}source=ledger"), token, reps).await?;
+        anyhow::ensure!(src == "ledger", "{url} answered by {src}");
+        println!(
+            "| {label} | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            l50.as_secs_f64() * 1e3,
+            l99.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let quick = std::env::var("EHR_BENCH_QUICK").is_ok();
     let net = Net::start(Services::Embedded, 200 * MIB as u64)
         .await?
         .expect("embedded");
+    if std::env::var("EHR_BENCH_ONLY").is_ok_and(|v| v == "audit") {
+        let events = std::env::var("EHR_BENCH_AUDIT_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 300 } else { 10_000 });
+        audit_queries(&net, events, if quick { 10 } else { 50 }).await?;
+        return net.stop().await;
+    }
     let patient = net.token("hospital-a", "patient-a").await?;
     let outsider = net.token("hospital-c", "doctor-c").await?;
     let pid = net.patient_id("patient-a").expect("demo patient");
@@ -180,5 +311,11 @@ async fn main() -> Result<()> {
         denied.p50.as_secs_f64() * 1e3,
         denied.p99.as_secs_f64() * 1e3
     );
+    audit_queries(
+        &net,
+        if quick { 300 } else { 10_000 },
+        if quick { 10 } else { 50 },
+    )
+    .await?;
     net.stop().await
 }
