@@ -181,7 +181,7 @@ async fn audit_queries(net: &Net, events: usize, reps: usize) -> Result<()> {
     let a = net.api("hospital-a");
     let cases = [
         (
-            "auditor, newest-first page of everything (`/audit/events?limit=100`)",
+            "auditor, first page of everything (`/audit/events?limit=100`)",
             format!("{a}/audit/events?limit=100"),
             &auditor,
         ),

@@ -500,6 +500,24 @@ async fn scenario(services: Services) -> Result<()> {
     ] {
         assert!(doc["paths"].get(p).is_some(), "OpenAPI lacks {p}");
     }
+    for p in [
+        "/api/v1/audit/events",
+        "/api/v1/audit/export",
+        "/api/v1/patients/{patient_id}/access-log",
+        "/api/v1/patients/{patient_id}/disclosures",
+    ] {
+        let params = doc["paths"][p]["get"]["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let source = params.iter().find(|q| q["name"] == "source");
+        assert!(source.is_some(), "OpenAPI documents ?source= on {p}");
+        assert!(
+            source.unwrap().to_string().contains("ledger"),
+            "{p}: {}",
+            source.unwrap()
+        );
+    }
 
     // The ledger's hash chain verifies.
     let r = net

@@ -59,6 +59,21 @@ async fn a_separate_gateway_serves_an_org_against_the_ledger() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 200);
+    // The access log comes from the projection here too: the ledger's height
+    // is read over gRPC (qscc GetChainInfo), as from a real Fabric peer.
+    let r = net
+        .http
+        .get(format!("{}/api/v1/patients/{pid}/access-log", g.url))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("x-audit-source")
+            .and_then(|v| v.to_str().ok()),
+        Some("projection")
+    );
     // Without the embedded ledger, hash-chain verification is unavailable (503), not wrong.
     let r = net
         .http

@@ -464,4 +464,77 @@ mod tests {
             .join(" | ");
         assert!(plan.contains("ledger_events_log_time"), "{plan}");
     }
+
+    /// PostgreSQL plans by statistics: after ANALYZE, the selective access
+    /// paths use their index. Runs when `DATABASE_URL` names a PostgreSQL
+    /// server (a fresh schema, dropped after).
+    #[tokio::test]
+    async fn postgres_uses_the_indexes_too() {
+        let Some(url) = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))
+        else {
+            eprintln!("SKIPPED: DATABASE_URL does not name a PostgreSQL server");
+            return;
+        };
+        let schema = format!("ehr_logtest_{}", hex::encode(rand::random::<[u8; 4]>()));
+        let db = Db::connect(&url, Some(&schema)).await.unwrap();
+        let rows: Vec<_> = (0..5000)
+            .map(|i| {
+                let org = ["hospital-a", "hospital-b", "hospital-c"][i as usize % 3];
+                row(
+                    i,
+                    &format!("p{}", i % 997),
+                    &format!("u{}", i % 499),
+                    org,
+                    i % 1000 == 0,
+                )
+            })
+            .collect();
+        db.project_events("t", &rows, 1).await.unwrap();
+        sqlx::query("ANALYZE ledger_events")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let cases: Vec<(LogQuery, &str)> = vec![
+            (
+                LogQuery {
+                    patient_id: Some("p1".into()),
+                    ..q(Visibility::All)
+                },
+                "ledger_events_log_patient",
+            ),
+            (
+                LogQuery {
+                    actor: Some("u1".into()),
+                    actor_org: Some("hospital-b".into()),
+                    ..q(Visibility::Actor {
+                        actor: "u1".into(),
+                        org: "hospital-b".into(),
+                    })
+                },
+                "ledger_events_log_",
+            ),
+            (
+                LogQuery {
+                    break_glass: Some(true),
+                    ..q(Visibility::All)
+                },
+                "ledger_events_log_break_glass",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (query, index) in &cases {
+            let plan = db.explain_log(query).await.unwrap().join(" | ");
+            if !plan.contains(index) {
+                failures.push(format!("{query:?}: {plan}"));
+            }
+            assert!(!db.query_log(query).await.unwrap().is_empty());
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }

@@ -482,9 +482,14 @@ impl Devnet {
         verify::verify_hash_chain(self.core())
     }
 
-    /// Runs a proposal without endorsing it (Fabric's Evaluate).
+    /// Runs a proposal without endorsing it (Fabric's Evaluate). The query
+    /// system chaincode answers `qscc GetChainInfo <channel>` as a Fabric
+    /// peer does (a `common.BlockchainInfo`), so clients can read the height.
     pub async fn evaluate(&self, sp: &SignedProposal) -> Result<Response, LedgerError> {
         let checked = tx::check_proposal(sp, &self.core().msp, &self.core().channel)?;
+        if checked.chaincode == "qscc" && !self.core().chaincodes.contains_key("qscc") {
+            return self.qscc(&checked.args);
+        }
         let (resp, _) = self.core().simulate(&checked).await?;
         if resp.status >= ehr_chaincode::STATUS_ERROR_THRESHOLD {
             return Err(LedgerError::Chaincode {
@@ -493,6 +498,30 @@ impl Devnet {
             });
         }
         Ok(resp)
+    }
+
+    /// The part of Fabric's qscc the devnet serves: `GetChainInfo`.
+    fn qscc(&self, args: &[Vec<u8>]) -> Result<Response, LedgerError> {
+        let function = args.first().map(Vec::as_slice).unwrap_or_default();
+        let channel = args.get(1).map(Vec::as_slice).unwrap_or_default();
+        if function != b"GetChainInfo" {
+            return Err(LedgerError::Chaincode {
+                status: 500,
+                message: "qscc: only GetChainInfo is served here".into(),
+            });
+        }
+        if channel != self.channel().as_bytes() {
+            return Err(LedgerError::Chaincode {
+                status: 500,
+                message: "qscc: unknown channel".into(),
+            });
+        }
+        let hashes = read(&self.core().chain).hashes.clone();
+        Ok(Response {
+            status: 200,
+            message: String::new(),
+            payload: blockchain_info(&hashes),
+        })
     }
 
     /// Simulates and endorses a proposal (Fabric's Endorse). Endorses with
@@ -1040,5 +1069,59 @@ fn apply_block(state: &mut WorldState, b: &Block, pvt: &[TxPvtData]) {
                 tx_num: i as u64,
                 code: code as i32,
             });
+    }
+}
+
+/// A `common.BlockchainInfo` (height = 1, current_block_hash = 2,
+/// previous_block_hash = 3) for a chain of header hashes, encoded by hand.
+fn blockchain_info(hashes: &[[u8; 32]]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::with_capacity(80);
+    if !hashes.is_empty() {
+        out.push(0x08);
+        varint(&mut out, hashes.len() as u64);
+    }
+    let n = hashes.len();
+    for (tag, h) in [(0x12u8, n.checked_sub(1)), (0x1a, n.checked_sub(2))] {
+        if let Some(h) = h.and_then(|i| hashes.get(i)) {
+            out.push(tag);
+            out.push(32);
+            out.extend_from_slice(h);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod qscc_tests {
+    use super::blockchain_info;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct BlockchainInfo {
+        #[prost(uint64, tag = "1")]
+        height: u64,
+        #[prost(bytes = "vec", tag = "2")]
+        current_block_hash: Vec<u8>,
+        #[prost(bytes = "vec", tag = "3")]
+        previous_block_hash: Vec<u8>,
+    }
+
+    #[test]
+    fn blockchain_info_is_fabrics_message() {
+        use prost::Message;
+        let hashes: Vec<[u8; 32]> = (0..300u16).map(|i| [(i % 251) as u8; 32]).collect();
+        let info = BlockchainInfo::decode(blockchain_info(&hashes).as_slice()).unwrap();
+        assert_eq!(info.height, 300);
+        assert_eq!(info.current_block_hash, hashes[299].to_vec());
+        assert_eq!(info.previous_block_hash, hashes[298].to_vec());
+        let one = BlockchainInfo::decode(blockchain_info(&hashes[..1]).as_slice()).unwrap();
+        assert_eq!((one.height, one.previous_block_hash.len()), (1, 0));
+        assert_eq!(BlockchainInfo::decode(&[][..]).unwrap().height, 0);
     }
 }
