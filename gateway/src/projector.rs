@@ -67,6 +67,12 @@ pub async fn run(chain: Arc<FabricChain>, db: Db, mut stop: tokio::sync::watch::
             tokio::select! {
                 item = stream.next() => match item {
                     Some(Ok(item)) => {
+                        // Key fragments that the event ends (before the
+                        // checkpoint moves, so a failure is retried).
+                        if let Err(e) = crate::proxy::events::on_event(&db, &item.event.event_name, &item.event.payload).await {
+                            tracing::warn!(error = %e, "applying an event to the key fragments failed");
+                            break;
+                        }
                         let row = project(&item.event.tx_id, &item.event.event_name, item.block, &item.event.payload);
                         let block = i64::try_from(item.block).unwrap_or(i64::MAX);
                         if let Err(e) = db.project_events(CHECKPOINT, &[row], block).await {

@@ -4,6 +4,7 @@
 //! both); migrations per backend run at start.
 
 pub mod events;
+pub mod proxy;
 pub mod uploads;
 pub mod users;
 
