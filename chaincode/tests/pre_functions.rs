@@ -386,3 +386,38 @@ fn proxy_admins_may_read_the_consent() {
         w.ok(who, "GetConsent", json!({"consent_id": "c-pre"}));
     }
 }
+
+/// An allowed `RequestAccess` answer carries the record's metadata (what a
+/// break-glass reader needs to fetch it); a denial and the event do not.
+#[test]
+fn allowed_decisions_carry_the_record_metadata() {
+    let c = cast();
+    let mut w = World::new();
+    w.standard();
+    w.now = T0 + 10;
+    // Break-glass by a clinician of another org, who may not read metadata.
+    let meta = w.call(&c.bob, "GetRecord", json!({"record_id": "r-lab"}));
+    rejected(&meta, "forbidden");
+    let o = w.call(
+        &c.bob,
+        "RequestAccess",
+        json!({"record_id": "r-lab", "action": "read", "purpose": "ETREAT", "justification": "unconscious patient"}),
+    );
+    let d = o.json();
+    assert_eq!(d["allowed"], true);
+    assert_eq!(d["record"]["record_id"], "r-lab");
+    assert_eq!(d["record"]["capsule_ref"], "capsule:r-lab");
+    assert!(d["record"]["sha256"].as_str().is_some());
+    let (name, payload) = o.tx.event.clone().expect("an event");
+    assert_eq!(name, "AccessDecision");
+    let ev: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(ev["allowed"], true);
+    assert!(
+        ev.get("record").is_none(),
+        "the event carries no record: {ev}"
+    );
+    // A denial carries nothing.
+    let d = request(&mut w, &c.bob, "r-lab", "TREAT", None);
+    assert_eq!(d["allowed"], false);
+    assert!(d.get("record").is_none());
+}

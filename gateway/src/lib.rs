@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod chain;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -80,28 +80,6 @@ impl Common {
     }
 }
 
-/// `ehr erase`: asks the home gateway to crypto-shred a record.
-async fn erase(args: ehr_gateway::cli::EraseArgs) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/api/v1/records/{}/content",
-        args.gateway.trim_end_matches('/'),
-        args.record_id
-    );
-    let resp = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .build()?
-        .delete(&url)
-        .bearer_auth(&args.token)
-        .send()
-        .await
-        .with_context(|| format!("calling {url}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    anyhow::ensure!(status.is_success(), "erase failed ({status}): {body}");
-    println!("{body}");
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -120,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
             let mut out = std::io::stdout();
             ehr_ipfs::cli::run(cmd, &mut out).await?;
         }
-        Command::Erase(args) => erase(args).await?,
+        Command::Erase(args) => {
+            let out =
+                ehr_gateway::client::erase(&args.gateway, &args.token, &args.record_id).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         Command::Serve(args) => {
             let g = args.gateway;
             let common = Common::resolve(&g, &file)?;

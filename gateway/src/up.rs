@@ -188,16 +188,14 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
                     "binding the gateway of {org} to port {port} (choose others with --base-port)"
                 )
             })?;
-        let url = match cfg.advertise.get(org) {
-            Some(u) => u.clone(),
-            None => format!("http://{}", l.local_addr()?),
-        };
+        let url = format!("http://{}", l.local_addr()?);
         listeners.push((l, url));
     }
+    // What other gateways dial: the advertised URL, else the bound one.
     let peers: BTreeMap<String, String> = orgs
         .iter()
         .zip(&listeners)
-        .map(|((o, ..), (_, u))| (o.clone(), u.clone()))
+        .map(|((o, ..), (_, u))| (o.clone(), cfg.advertise.get(o).unwrap_or(u).clone()))
         .collect();
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))

@@ -7,6 +7,8 @@
 //! (`scripts/test.sh` starts them); when one is missing the test is skipped
 //! with a loud message, except under `CI=true`, where it fails.
 
+pub mod adversary;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -143,6 +145,8 @@ impl Net {
             oidc: None,
             demo: true,
             kek_hex: None,
+            proxy: ehr_gateway::proxy::DEFAULT_SETTINGS,
+            advertise: Default::default(),
         };
         customize(&mut cfg);
         let c = up::start(cfg).await.context("starting the consortium")?;

@@ -61,6 +61,16 @@ pub struct DecisionResult<'a> {
     pub patient_id: Option<&'a str>,
 }
 
+/// What `RequestAccess` answers: the decision and, when allowed, the
+/// record's metadata (CID, SHA-256, capsule reference… never PHI).
+#[derive(Serialize)]
+struct DecisionAnswer<'a> {
+    #[serde(flatten)]
+    result: &'a DecisionResult<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a super::model::Record>,
+}
+
 #[derive(Serialize)]
 struct DecisionEvent<'a> {
     #[serde(flatten)]
@@ -199,7 +209,12 @@ pub fn request(ctx: &mut Ctx<'_>, args: RequestArgs) -> Result<Vec<u8>, Contract
             purpose: entry.purpose,
         },
     )?;
-    store::to_json(&result)
+    // An allowed reader gets the record's metadata with the decision (a
+    // break-glass reader may not see it otherwise); the event does not.
+    store::to_json(&DecisionAnswer {
+        result: &result,
+        record: if d.allowed { record.as_ref() } else { None },
+    })
 }
 
 /// Writes an access event under its id and every index.

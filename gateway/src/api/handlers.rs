@@ -653,15 +653,15 @@ pub async fn record_content(
     // 2. Fetch, verify, decrypt.
     // Metadata is immutable but for erasure, which an allowed decision
     // excludes; reuse what step 0 read when the caller could see it.
-    let record_bytes = match visible {
-        Some(b) => b,
-        None => {
-            app.chain
-                .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
-                .await?
-        }
+    // An allowed decision carries the metadata too (a break-glass reader
+    // could not read it otherwise).
+    let record: Value = match visible {
+        Some(b) => parse_json(&b)?,
+        None => decision
+            .get("record")
+            .cloned()
+            .ok_or_else(|| ApiError::bad_gateway("allowed decision without record metadata"))?,
     };
-    let record: Value = parse_json(&record_bytes)?;
     let field = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
     let (Some(cid), Some(sha), Some(capsule_ref)) =
         (field("cid"), field("sha256"), field("capsule_ref"))

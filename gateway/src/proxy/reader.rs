@@ -80,6 +80,8 @@ fn failure_of(status: &tonic::Status) -> ProxyFailure {
         | Code::Unauthenticated
         | Code::InvalidArgument
         | Code::NotFound => ProxyFailure::Refused(msg),
+        // The channel's own deadline (tonic reports it as Cancelled).
+        Code::DeadlineExceeded | Code::Cancelled => ProxyFailure::Down("timed out".into()),
         _ => ProxyFailure::Down(format!("{:?}: {msg}", status.code())),
     }
 }
