@@ -217,19 +217,26 @@ impl PreGrantView {
 
     /// The grant's verifying, delegating and receiving keys.
     pub fn public_keys(&self) -> ApiResult<GrantPublicKeys> {
+        GrantPublicKeys::of(&self.pre, &self.patient_public_key)
+    }
+}
+
+impl GrantPublicKeys {
+    /// The keys of an on-chain grant of the patient key `patient_public_key`
+    /// (`0x`-hex).
+    pub fn of(pre: &crate::crypto::threshold::PreGrant, patient_public_key: &str) -> ApiResult<Self> {
         let pk = |what: &str, s: &str| -> ApiResult<umbral_pre::PublicKey> {
             umbral_pre::PublicKey::try_from_compressed_bytes(&key_bytes(what, s)?)
                 .map_err(|_| ApiError::bad_gateway(format!("malformed {what} on-chain")))
         };
-        let verifying = self
-            .pre
+        let verifying = pre
             .verifying_key
             .as_deref()
             .ok_or_else(|| ApiError::bad_gateway("the grant has no verifying key on-chain"))?;
-        Ok(GrantPublicKeys {
+        Ok(Self {
             verifying: pk("verifying key", verifying)?,
-            delegating: pk("patient key", &self.patient_public_key)?,
-            receiving: pk("grantee key", &self.pre.grantee_public_key)?,
+            delegating: pk("patient key", patient_public_key)?,
+            receiving: pk("grantee key", &pre.grantee_public_key)?,
         })
     }
 }

@@ -156,24 +156,10 @@ pub async fn deliver(app: &AppState, req: &SignedRequest) -> ApiResult<DeliverKf
             )
             .await?,
     )?;
-    let view = PreGrantView {
-        event_id: String::new(),
-        record_id: String::new(),
-        patient_id: patient_id.clone(),
-        actor_org: String::new(),
-        time_unix: 0,
-        decision: String::new(),
-        current: false,
-        consent_id: m.consent_id.clone(),
-        consent_status: "active".into(),
-        capsule_ref: String::new(),
-        patient_public_key: patient["pre_public_key"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        pre: pre.clone(),
-    };
-    let keys = view.public_keys()?;
+    let keys = super::GrantPublicKeys::of(
+        &pre,
+        patient["pre_public_key"].as_str().unwrap_or_default(),
+    )?;
     let sealed = SealedKfrag {
         org: own.to_owned(),
         ciphertext: SealedKey {
