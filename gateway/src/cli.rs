@@ -72,6 +72,60 @@ pub enum Command {
     /// Erase a record's content (GDPR Art. 17, crypto-shredding) through its home gateway:
     /// `DELETE /api/v1/records/{id}/content`. The metadata and the access log stay.
     Erase(EraseArgs),
+    /// A patient's own Umbral key: export it from the home gateway, and make grants with it
+    /// on this machine (the kfrags are made and sealed here, not by the gateway).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCommand,
+    },
+}
+
+/// `ehr key …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeyCommand {
+    /// Sign in as a patient and write their key pair to a file (mode 0600). Keep it secret:
+    /// it opens every record of the patient.
+    Export {
+        /// The patient's home gateway, e.g. http://127.0.0.1:8081.
+        #[arg(long, env = "EHR_GATEWAY_URL", value_name = "URL")]
+        gateway: String,
+        /// The patient's username.
+        #[arg(long, env = "EHR_USERNAME", value_name = "NAME")]
+        username: String,
+        /// The patient's password (prefer the environment variable).
+        #[arg(
+            long,
+            env = "EHR_PASSWORD",
+            value_name = "PASSWORD",
+            hide_env_values = true
+        )]
+        password: String,
+        /// Where to write the key (JSON); refuses to overwrite.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Grant consent with the exported key: kfrags to the grantee org's reader key, sealed to
+    /// the proxy orgs, made here; the gateway records the grant and delivers them.
+    Grant {
+        /// The patient's home gateway.
+        #[arg(long, env = "EHR_GATEWAY_URL", value_name = "URL")]
+        gateway: String,
+        /// The patient's bearer token.
+        #[arg(long, env = "EHR_TOKEN", value_name = "JWT", hide_env_values = true)]
+        token: String,
+        /// The key file from `ehr key export`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The consent as JSON (the body of POST /patients/{id}/consents; grantee.org required).
+        #[arg(long, value_name = "FILE")]
+        consent: PathBuf,
+        /// Proxies needed to open a record key.
+        #[arg(long, default_value_t = 2, value_name = "T")]
+        threshold: u32,
+        /// Proxy orgs holding a key fragment.
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        shares: u32,
+    },
 }
 
 /// Settings shared by every gateway.

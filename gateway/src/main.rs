@@ -98,6 +98,49 @@ async fn main() -> anyhow::Result<()> {
             let mut out = std::io::stdout();
             ehr_ipfs::cli::run(cmd, &mut out).await?;
         }
+        Command::Key { cmd } => match cmd {
+            ehr_gateway::cli::KeyCommand::Export {
+                gateway,
+                username,
+                password,
+                out,
+            } => {
+                anyhow::ensure!(!out.exists(), "{} exists; not overwriting", out.display());
+                let k = ehr_gateway::client::export_key(&gateway, &username, &password).await?;
+                ehr_gateway::fsutil::write_private(
+                    &out,
+                    serde_json::to_string_pretty(&k)?.as_bytes(),
+                )?;
+                println!(
+                    "key of {} written to {} (keep it secret)",
+                    k.patient_id,
+                    out.display()
+                );
+            }
+            ehr_gateway::cli::KeyCommand::Grant {
+                gateway,
+                token,
+                key,
+                consent,
+                threshold,
+                shares,
+            } => {
+                let k: ehr_gateway::api::keys::ExportedKey = serde_json::from_slice(
+                    &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+                )
+                .with_context(|| format!("{} is not a key file", key.display()))?;
+                let body: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(&consent)
+                        .with_context(|| format!("reading {}", consent.display()))?,
+                )
+                .with_context(|| format!("{} is not JSON", consent.display()))?;
+                let out = ehr_gateway::client::grant_with_own_key(
+                    &gateway, &token, &k, body, threshold, shares,
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+        },
         Command::Erase(args) => {
             let out =
                 ehr_gateway::client::erase(&args.gateway, &args.token, &args.record_id).await?;

@@ -52,7 +52,9 @@ async fn main() -> Result<()> {
     let patient = net.token("hospital-a", "patient-a").await?;
     let cardio = net.token("hospital-b", "cardio-b").await?;
     let pid = net.patient_id("patient-a").expect("demo patient");
-    let body: Vec<u8> = (0..MIB).map(|i| (i as u8).wrapping_mul(77) ^ (i >> 10) as u8).collect();
+    let body: Vec<u8> = (0..MIB)
+        .map(|i| (i as u8).wrapping_mul(77) ^ (i >> 10) as u8)
+        .collect();
     let r = net
         .http
         .post(format!("{a}/patients/{pid}/records?category=lab"))
@@ -86,7 +88,10 @@ async fn main() -> Result<()> {
         let status = r.status();
         let v: Value = r.json().await?;
         ensure!(status == 201, "grant: {status} {v}");
-        ensure!(v["key_grant"]["pending"] == json!([]), "undelivered kfrags: {v}");
+        ensure!(
+            v["key_grant"]["pending"] == json!([]),
+            "undelivered kfrags: {v}"
+        );
         grant_lat.push(t.elapsed());
     }
 

@@ -545,3 +545,105 @@ async fn break_glass_across_orgs_uses_the_custodian() -> Result<()> {
     assert_eq!(error_code(r).await?.0, 503);
     w.net.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patient_grants_with_their_own_exported_key() -> Result<()> {
+    let w = World::start().await?;
+    let a_url = w.net.c.url(A).context("a")?.to_owned();
+    // Export: the patient, with the password again.
+    let key = ehr_gateway::client::export_key(&a_url, "patient-a", ehr_gateway::up::DEMO_PASSWORD)
+        .await?;
+    assert_eq!(key.patient_id, w.pid);
+    assert_eq!(key.secret_seed.len(), 64);
+    let r = w
+        .net
+        .http
+        .post(format!("{}/me/key/export", w.net.api(A)))
+        .bearer_auth(&w.patient)
+        .json(&json!({"password": "wrong"}))
+        .send()
+        .await?;
+    assert_eq!(error_code(r).await?.0, 401);
+    let doctor = w.net.token(A, "doctor-a").await?;
+    let r = w
+        .net
+        .http
+        .post(format!("{}/me/key/export", w.net.api(A)))
+        .bearer_auth(&doctor)
+        .json(&json!({"password": ehr_gateway::up::DEMO_PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(error_code(r).await?.0, 403);
+
+    let data = file(120_000, 5);
+    let up = w.upload("lab", &data).await?;
+    let rid = up["record_id"].as_str().context("record_id")?.to_owned();
+    let consent = json!({
+        "grantee": {"type": "role", "org": B, "role": "clinician"},
+        "scope": {"categories": ["lab"]},
+        "actions": ["read"],
+        "purposes": ["TREAT"],
+        "conditions": {"department": "cardiology"}
+    });
+    // The kfrags are made here, with the exported key; the gateway relays.
+    let g =
+        ehr_gateway::client::grant_with_own_key(&a_url, &w.patient, &key, consent.clone(), 2, 3)
+            .await?;
+    assert_eq!(g["key_grant"]["proxies"], json!([A, C, B]), "{g}");
+    assert_eq!(g["key_grant"]["delivered"], json!([A, B, C]), "{g}");
+    let (s, body, err) = w.cardio_reads(&rid).await?;
+    assert_eq!(s, 200, "{err}");
+    assert!(body == data);
+
+    // A client grant to a key that is not the grantee org's reader key: 422, nothing recorded.
+    let mut bad = consent.clone();
+    bad["grantee"]["org"] = json!(C);
+    let mut forged = ehr_gateway::client::grant_with_own_key(&a_url, &w.patient, &key, bad, 2, 3)
+        .await
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        forged.is_empty(),
+        "a grant to hospital-c itself is fine: {forged}"
+    );
+    let orgs: Value = w
+        .net
+        .http
+        .get(format!("{}/orgs/keys", w.net.api(A)))
+        .bearer_auth(&w.patient)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(orgs["orgs"].as_array().map(Vec::len), Some(3));
+    let c_reader = orgs["orgs"][2]["reader_public_key"]
+        .as_str()
+        .context("c key")?
+        .to_owned();
+    let r = w
+        .net
+        .http
+        .post(format!("{}/patients/{}/consents", w.net.api(A), w.pid))
+        .bearer_auth(&w.patient)
+        .json(&json!({
+            "grantee": {"type": "org", "org": B},
+            "scope": {"categories": ["lab"]},
+            "actions": ["read"],
+            "purposes": ["TREAT"],
+            "key_grant": {
+                "pre": {"grantee_public_key": c_reader, "verifying_key": key.verifying_key,
+                        "threshold": 1, "shares": 1, "proxies": [A], "kfrag_commitments": ["ab".repeat(32)]},
+                "sealed_kfrags": [{"org": A, "capsule": "AA==", "ciphertext": "AA=="}]
+            }
+        }))
+        .send()
+        .await?;
+    forged = r.text().await?;
+    assert!(
+        forged.contains("not hospital-b's registered reader key"),
+        "{forged}"
+    );
+    w.net.stop().await
+}

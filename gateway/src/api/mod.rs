@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod keys;
 mod ops;
 
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(handlers::token))
         .routes(routes!(handlers::me))
+        .routes(routes!(keys::export_key))
+        .routes(routes!(keys::org_keys))
         .routes(routes!(handlers::create_user))
         .routes(routes!(handlers::upload_record, handlers::list_records))
         .routes(routes!(handlers::get_record))

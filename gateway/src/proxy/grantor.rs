@@ -27,10 +27,29 @@ pub const ORPHAN_AFTER_SECS: i64 = 120;
 /// How often the outbox is retried.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 
+/// One kfrag sealed to its proxy, as a patient's own client sends it
+/// (base64 of the Umbral capsule and DEM ciphertext).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSealedKfrag {
+    pub org: String,
+    pub capsule: String,
+    pub ciphertext: String,
+}
+
 /// `key_grant` in a consent request: how to share the key (all optional).
+/// With `pre` and `sealed_kfrags` the patient's own client made the kfrags
+/// (patient-held key: `ehr key grant`); the gateway checks and relays them.
 #[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyGrantOptions {
+    /// Client-made grant metadata (with `sealed_kfrags`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub pre: Option<PreGrant>,
+    /// Client-made sealed kfrags, one per `pre.proxies`, in that order.
+    #[serde(default)]
+    pub sealed_kfrags: Option<Vec<ClientSealedKfrag>>,
     /// t: proxies needed to open the key (default: the gateway's setting).
     #[serde(default)]
     pub threshold: Option<u32>,
@@ -120,6 +139,9 @@ pub async fn prepare(
     grantee_org: &str,
     opts: &KeyGrantOptions,
 ) -> ApiResult<Prepared> {
+    if opts.pre.is_some() || opts.sealed_kfrags.is_some() {
+        return accept_client_grant(app, grantee_org, opts).await;
+    }
     let settings = app.proxy.settings;
     let shares = opts
         .shares
@@ -183,6 +205,96 @@ pub async fn prepare(
     Ok(Prepared {
         consent_id,
         pre: grant.metadata,
+    })
+}
+
+/// A grant whose kfrags the patient's own client made: checks that it is
+/// a grant to `grantee_org`'s registered reader key over registered proxy
+/// orgs, one sealed kfrag per proxy in order, and queues the kfrags. The
+/// proxies check each kfrag against its commitment and the verifying key.
+async fn accept_client_grant(
+    app: &AppState,
+    grantee_org: &str,
+    opts: &KeyGrantOptions,
+) -> ApiResult<Prepared> {
+    use base64::Engine;
+    let (Some(pre), Some(sealed)) = (&opts.pre, &opts.sealed_kfrags) else {
+        return Err(ApiError::bad_request(
+            "key_grant.pre and key_grant.sealed_kfrags go together",
+        ));
+    };
+    if opts.threshold.is_some() || opts.shares.is_some() || opts.proxies.is_some() {
+        return Err(ApiError::bad_request(
+            "with key_grant.pre, threshold/shares/proxies come from pre",
+        ));
+    }
+    let n = pre.proxies.len();
+    if !(1 <= pre.threshold
+        && pre.threshold <= pre.shares
+        && pre.shares as usize == n
+        && n <= MAX_SHARES
+        && pre.kfrag_commitments.len() == n)
+    {
+        return Err(ApiError::bad_request(
+            "key_grant.pre needs 1 <= threshold <= shares = |proxies| = |kfrag_commitments| <= 16",
+        ));
+    }
+    if sealed.len() != n || sealed.iter().zip(&pre.proxies).any(|(s, p)| &s.org != p) {
+        return Err(ApiError::bad_request(
+            "key_grant.sealed_kfrags must hold one kfrag per pre.proxies, in the same order",
+        ));
+    }
+    if pre.verifying_key.is_none() {
+        return Err(ApiError::bad_request(
+            "key_grant.pre.verifying_key is required",
+        ));
+    }
+    let registered = keys::consortium(app.chain.as_ref(), &app.service).await?;
+    let grantee = registered.get(grantee_org).ok_or_else(|| {
+        ApiError::unprocessable(format!(
+            "organisation {grantee_org:?} has not registered its keys on-chain"
+        ))
+    })?;
+    let want = super::key_bytes("reader key", &grantee.reader_public_key)?;
+    let got = pre
+        .grantee_public_key
+        .strip_prefix("0x")
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or_else(|| ApiError::bad_request("key_grant.pre.grantee_public_key must be 0x-hex"))?;
+    if got != want {
+        return Err(ApiError::unprocessable(format!(
+            "key_grant.pre.grantee_public_key is not {grantee_org}'s registered reader key"
+        )));
+    }
+    for p in &pre.proxies {
+        if !registered.contains_key(p) {
+            return Err(ApiError::unprocessable(format!(
+                "proxy {p:?} has not registered its keys on-chain"
+            )));
+        }
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut items = Vec::with_capacity(n);
+    for s in sealed {
+        let bad = || ApiError::bad_request(format!("sealed kfrag for {:?} is not base64", s.org));
+        let key = SealedKey {
+            scheme: crate::crypto::sealer::UMBRAL_SCHEME.to_owned(),
+            capsule: b64.decode(&s.capsule).map_err(|_| bad())?,
+            ciphertext: b64.decode(&s.ciphertext).map_err(|_| bad())?,
+        };
+        if key.capsule.len() > 4096 || key.ciphertext.len() > 4096 {
+            return Err(ApiError::bad_request("sealed kfrags are at most 4 KiB"));
+        }
+        items.push((
+            s.org.clone(),
+            serde_json::to_string(&key).map_err(ApiError::internal)?,
+        ));
+    }
+    let consent_id = format!("c-{}", hex::encode(rand::random::<[u8; 12]>()));
+    app.db.outbox_put(&consent_id, &items).await?;
+    Ok(Prepared {
+        consent_id,
+        pre: pre.clone(),
     })
 }
 

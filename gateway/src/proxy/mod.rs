@@ -224,7 +224,10 @@ impl PreGrantView {
 impl GrantPublicKeys {
     /// The keys of an on-chain grant of the patient key `patient_public_key`
     /// (`0x`-hex).
-    pub fn of(pre: &crate::crypto::threshold::PreGrant, patient_public_key: &str) -> ApiResult<Self> {
+    pub fn of(
+        pre: &crate::crypto::threshold::PreGrant,
+        patient_public_key: &str,
+    ) -> ApiResult<Self> {
         let pk = |what: &str, s: &str| -> ApiResult<umbral_pre::PublicKey> {
             umbral_pre::PublicKey::try_from_compressed_bytes(&key_bytes(what, s)?)
                 .map_err(|_| ApiError::bad_gateway(format!("malformed {what} on-chain")))

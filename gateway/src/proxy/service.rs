@@ -156,10 +156,8 @@ pub async fn deliver(app: &AppState, req: &SignedRequest) -> ApiResult<DeliverKf
             )
             .await?,
     )?;
-    let keys = super::GrantPublicKeys::of(
-        &pre,
-        patient["pre_public_key"].as_str().unwrap_or_default(),
-    )?;
+    let keys =
+        super::GrantPublicKeys::of(&pre, patient["pre_public_key"].as_str().unwrap_or_default())?;
     let sealed = SealedKfrag {
         org: own.to_owned(),
         ciphertext: SealedKey {
