@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run). From a clean clone it:
-#   1. checks formatting and lints (warnings are errors),
+#   1. checks formatting, lints (warnings are errors) and dependency
+#      licences (scripts/licenses.sh, cargo-deny),
 #   2. starts the services the tests need that are not already running
 #      (see scripts/services.sh), and stops what it started on exit,
 #   3. runs every test of the workspace.
@@ -13,6 +14,9 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> licences, bans, sources (cargo-deny)"
+scripts/licenses.sh
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh

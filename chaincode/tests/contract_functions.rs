@@ -6,58 +6,16 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Outcome, T0, World, actor, at, cast, pubkey, record_args};
+use common::{
+    Outcome, T0, World, actor, at, cast, event_name, lab_consent, pubkey, record_args, rejected,
+    request,
+};
 use ehr_chaincode::Chaincode;
 use ehr_chaincode::contract::EhrContract;
 use ehr_chaincode::memstub::MemStub;
 use ehr_chaincode::stub::TxTimestamp;
 use prost::Message;
 use serde_json::{Value, json};
-
-/// Asserts an error with this code and that nothing was written.
-fn rejected(o: &Outcome, code: &str) {
-    assert_eq!(o.code(), code, "{}", o.response.message);
-    let status = match code {
-        "invalid_argument" => 400,
-        "forbidden" => 403,
-        "not_found" => 404,
-        "conflict" => 409,
-        _ => 500,
-    };
-    assert_eq!(o.response.status, status);
-    assert!(!o.tx.committed);
-    assert!(
-        o.tx.writes.is_empty(),
-        "a rejected call wrote {:?}",
-        o.tx.writes
-    );
-    assert!(o.tx.event.is_none());
-}
-
-fn event_name(o: &Outcome) -> &str {
-    o.tx.event.as_ref().map(|(n, _)| n.as_str()).unwrap_or("")
-}
-
-fn lab_consent(id: &str, grantee: Value) -> Value {
-    json!({
-        "consent_id": id, "patient_id": "p1", "grantee": grantee,
-        "scope": {"categories": ["lab"]}, "actions": ["read"], "purposes": ["TREAT"],
-    })
-}
-
-fn request(
-    w: &mut World,
-    who: &common::Actor,
-    record: &str,
-    purpose: &str,
-    j: Option<&str>,
-) -> Value {
-    let mut arg = json!({"record_id": record, "action": "read", "purpose": purpose});
-    if let Some(j) = j {
-        arg["justification"] = json!(j);
-    }
-    w.ok(who, "RequestAccess", arg)
-}
 
 #[test]
 fn register_patient_rules() {
@@ -406,6 +364,7 @@ fn pre_grant_validation() {
         );
         a["pre"] = json!({
             "grantee_public_key": format!("0x{}", pubkey(7)),
+            "verifying_key": pubkey(8),
             "threshold": t, "shares": n, "proxies": proxies,
             "kfrag_commitments": vec!["ab".repeat(32); commits],
         });
@@ -424,11 +383,28 @@ fn pre_grant_validation() {
     let mut a = pre(2, 3, &["Org1MSP", "Org2MSP", "Org3MSP"], 3);
     a["pre"]["grantee_public_key"] = json!("nope");
     rejected(&w.call(&c.pat1, "GrantConsent", a), "invalid_argument");
+    // The kfrags' verifying key is required and must be a key.
+    let mut a = pre(2, 3, &["Org1MSP", "Org2MSP", "Org3MSP"], 3);
+    a["pre"].as_object_mut().unwrap().remove("verifying_key");
+    let o = w.call(&c.pat1, "GrantConsent", a);
+    assert!(
+        o.response.message.contains("pre.verifying_key is required"),
+        "{}",
+        o.response.message
+    );
+    rejected(&o, "invalid_argument");
+    let mut a = pre(2, 3, &["Org1MSP", "Org2MSP", "Org3MSP"], 3);
+    a["pre"]["verifying_key"] = json!("04abc");
+    rejected(&w.call(&c.pat1, "GrantConsent", a), "invalid_argument");
     let mut a = pre(2, 3, &["Org1MSP", "Org2MSP", "Org3MSP"], 3);
     a["pre"]["grantee_public_key"] = json!(pubkey(7));
+    a["pre"]["verifying_key"] = json!(pubkey(8).to_uppercase());
     let v = w.ok(&c.pat1, "GrantConsent", a);
     assert_eq!(v["pre"]["grantee_public_key"], format!("0x{}", pubkey(7)));
+    assert_eq!(v["pre"]["verifying_key"], format!("0x{}", pubkey(8)));
     assert_eq!(v["pre"]["threshold"], 2);
+    let stored = w.ok(&c.pat1, "GetConsent", json!({"consent_id":"c-pre"}));
+    assert_eq!(stored["pre"]["verifying_key"], format!("0x{}", pubkey(8)));
 }
 
 #[test]
@@ -718,7 +694,8 @@ fn break_glass_review_and_event_currency() {
     w.standard();
     w.ok(&c.pat1, "GrantConsent", {
         let mut a = lab_consent("c1", json!({"type":"user","id":"dr-bob","org":"Org2MSP"}));
-        a["pre"] = json!({"grantee_public_key": pubkey(9), "threshold": 1, "shares": 1,
+        a["pre"] = json!({"grantee_public_key": pubkey(9), "verifying_key": pubkey(10),
+                          "threshold": 1, "shares": 1,
                           "proxies": ["Org3MSP"], "kfrag_commitments": ["00ff"]});
         a
     });

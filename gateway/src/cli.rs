@@ -25,7 +25,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     /// TOML configuration file (keys: data_dir, bind, base_port, ledger_port, orgs,
     /// database_url, ipfs_api_url, max_upload_bytes, chunk_size, token_ttl_secs,
-    /// token_leeway_secs, log_format, [oidc] issuer/audience/jwks_url).
+    /// token_leeway_secs, log_format, pre_threshold, pre_shares, proxy_timeout_ms,
+    /// [oidc] issuer/audience/jwks_url).
     #[arg(
         long,
         short = 'c',
@@ -67,6 +68,63 @@ pub enum Command {
     Blob {
         #[command(subcommand)]
         cmd: ehr_ipfs::cli::BlobCommand,
+    },
+    /// Erase a record's content (GDPR Art. 17, crypto-shredding) through its home gateway:
+    /// `DELETE /api/v1/records/{id}/content`. The metadata and the access log stay.
+    Erase(EraseArgs),
+    /// A patient's own Umbral key: export it from the home gateway, and make grants with it
+    /// on this machine (the kfrags are made and sealed here, not by the gateway).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCommand,
+    },
+}
+
+/// `ehr key …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeyCommand {
+    /// Sign in as a patient and write their key pair to a file (mode 0600). Keep it secret:
+    /// it opens every record of the patient.
+    Export {
+        /// The patient's home gateway, e.g. http://127.0.0.1:8081.
+        #[arg(long, env = "EHR_GATEWAY_URL", value_name = "URL")]
+        gateway: String,
+        /// The patient's username.
+        #[arg(long, env = "EHR_USERNAME", value_name = "NAME")]
+        username: String,
+        /// The patient's password (prefer the environment variable).
+        #[arg(
+            long,
+            env = "EHR_PASSWORD",
+            value_name = "PASSWORD",
+            hide_env_values = true
+        )]
+        password: String,
+        /// Where to write the key (JSON); refuses to overwrite.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Grant consent with the exported key: kfrags to the grantee org's reader key, sealed to
+    /// the proxy orgs, made here; the gateway records the grant and delivers them.
+    Grant {
+        /// The patient's home gateway.
+        #[arg(long, env = "EHR_GATEWAY_URL", value_name = "URL")]
+        gateway: String,
+        /// The patient's bearer token.
+        #[arg(long, env = "EHR_TOKEN", value_name = "JWT", hide_env_values = true)]
+        token: String,
+        /// The key file from `ehr key export`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The consent as JSON (the body of POST /patients/{id}/consents; grantee.org required).
+        #[arg(long, value_name = "FILE")]
+        consent: PathBuf,
+        /// Proxies needed to open a record key.
+        #[arg(long, default_value_t = 2, value_name = "T")]
+        threshold: u32,
+        /// Proxy orgs holding a key fragment.
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        shares: u32,
     },
 }
 
@@ -115,6 +173,20 @@ pub struct GatewayArgs {
     /// URL of the provider's JWKS (fetched and cached; refetched on an unknown `kid`).
     #[arg(long, env = "EHR_OIDC_JWKS_URL", value_name = "URL")]
     pub oidc_jwks_url: Option<String>,
+
+    /// Threshold t of new cross-org grants: how many proxy orgs must re-encrypt for a reader
+    /// to open a record key. Default 2.
+    #[arg(long, env = "EHR_PRE_THRESHOLD", value_name = "T")]
+    pub pre_threshold: Option<u32>,
+
+    /// Shares n of new cross-org grants: how many proxy orgs get a key fragment (at most 16).
+    /// Default 3.
+    #[arg(long, env = "EHR_PRE_SHARES", value_name = "N")]
+    pub pre_shares: Option<u32>,
+
+    /// Deadline of one gateway-to-gateway call (key proxy), in milliseconds. Default 5000.
+    #[arg(long, env = "EHR_PROXY_TIMEOUT_MS", value_name = "MS")]
+    pub proxy_timeout_ms: Option<u64>,
 }
 
 /// `ehr serve`.
@@ -135,7 +207,8 @@ pub struct ServeArgs {
     #[arg(long, env = "EHR_LEDGER_URL", value_name = "URL")]
     pub ledger_url: String,
 
-    /// Another org's gateway for cross-org key release, as ORG=URL (repeat or comma-separate).
+    /// Another org's gateway (key proxy protocol and cross-org reads), as ORG=URL (repeat or
+    /// comma-separate). Every org that can act as a proxy should be listed.
     #[arg(
         long = "peer",
         env = "EHR_PEERS",
@@ -145,7 +218,7 @@ pub struct ServeArgs {
     pub peers: Vec<String>,
 
     /// Another org's CA certificate, as ORG=PEM_FILE (repeat or comma-separate); used to
-    /// authenticate other gateways' key-release requests.
+    /// authenticate other gateways' key proxy requests.
     #[arg(
         long = "org-ca",
         env = "EHR_ORG_CAS",
@@ -188,6 +261,35 @@ pub struct UpArgs {
         value_name = "ORG"
     )]
     pub orgs: Vec<String>,
+
+    /// The URL other gateways use to reach ORG's gateway, as ORG=URL (repeat or
+    /// comma-separate), when it differs from the address it binds (a reverse proxy or load
+    /// balancer in front of it). Default: the bound address.
+    #[arg(
+        long = "advertise",
+        env = "EHR_ADVERTISE",
+        value_delimiter = ',',
+        value_name = "ORG=URL"
+    )]
+    pub advertise: Vec<String>,
+}
+
+/// `ehr erase`.
+#[derive(Debug, Clone, Args)]
+pub struct EraseArgs {
+    /// The record to erase (crypto-shred): its sealed key and ciphertext are destroyed, its
+    /// metadata and access log stay on the ledger.
+    #[arg(value_name = "RECORD_ID")]
+    pub record_id: String,
+
+    /// The patient's home gateway, e.g. http://127.0.0.1:8081.
+    #[arg(long, env = "EHR_GATEWAY_URL", value_name = "URL")]
+    pub gateway: String,
+
+    /// A bearer token of the patient or an admin of the patient's home org
+    /// (`POST /api/v1/auth/token`).
+    #[arg(long, env = "EHR_TOKEN", value_name = "JWT", hide_env_values = true)]
+    pub token: String,
 }
 
 #[cfg(test)]
@@ -250,6 +352,42 @@ mod tests {
             Cli::try_parse_from(["ehr", "serve", "--org", "a"]).is_err(),
             "ledger url is required"
         );
+    }
+
+    #[test]
+    fn parses_erase_and_pre_settings() {
+        let cli = Cli::try_parse_from([
+            "ehr",
+            "erase",
+            "r-1",
+            "--gateway",
+            "http://127.0.0.1:8081",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        let Command::Erase(e) = cli.command else {
+            panic!("expected erase");
+        };
+        assert_eq!(e.record_id, "r-1");
+        assert!(Cli::try_parse_from(["ehr", "erase", "r-1", "--token", "t"]).is_err());
+        let cli = Cli::try_parse_from([
+            "ehr",
+            "up",
+            "--pre-threshold",
+            "3",
+            "--pre-shares",
+            "5",
+            "--advertise",
+            "hospital-c=http://10.0.0.3:8083",
+        ])
+        .unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("expected up");
+        };
+        assert_eq!(up.gateway.pre_threshold, Some(3));
+        assert_eq!(up.gateway.pre_shares, Some(5));
+        assert_eq!(up.advertise, ["hospital-c=http://10.0.0.3:8083"]);
     }
 
     #[test]

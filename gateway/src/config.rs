@@ -54,6 +54,12 @@ pub struct FileConfig {
     pub oidc: Option<OidcConfig>,
     /// Log format: `text` or `json`.
     pub log_format: Option<String>,
+    /// t of new threshold grants (proxies needed to open a key).
+    pub pre_threshold: Option<u32>,
+    /// n of new threshold grants (proxies holding a key fragment).
+    pub pre_shares: Option<u32>,
+    /// Deadline of one call to another gateway, in milliseconds.
+    pub proxy_timeout_ms: Option<u64>,
 }
 
 /// External identity provider settings.
@@ -115,10 +121,12 @@ pub struct GatewayConfig {
     pub oidc: Option<OidcConfig>,
     /// The public base URL of this gateway (issuer of built-in tokens).
     pub public_url: String,
-    /// Other orgs' gateways, for key release across orgs.
+    /// Every org's gateway URL (this one's too), for the key proxy protocol.
     pub peers: BTreeMap<String, String>,
     /// CA certificates (PEM) of every org of the consortium.
     pub org_cas: BTreeMap<String, String>,
+    /// Threshold proxy re-encryption settings.
+    pub proxy: crate::proxy::ProxySettings,
 }
 
 /// Checks an org name: lowercase letters, digits and '-', 1..=32 chars.

@@ -28,10 +28,25 @@ struct Common {
     token_ttl_secs: u64,
     token_leeway_secs: u64,
     oidc: Option<OidcConfig>,
+    proxy: ehr_gateway::proxy::ProxySettings,
 }
 
 impl Common {
-    fn resolve(g: &GatewayArgs, file: &FileConfig) -> Self {
+    fn resolve(g: &GatewayArgs, file: &FileConfig) -> anyhow::Result<Self> {
+        let d = ehr_gateway::proxy::DEFAULT_SETTINGS;
+        let proxy = ehr_gateway::proxy::ProxySettings {
+            threshold: g
+                .pre_threshold
+                .or(file.pre_threshold)
+                .unwrap_or(d.threshold),
+            shares: g.pre_shares.or(file.pre_shares).unwrap_or(d.shares),
+            timeout: g
+                .proxy_timeout_ms
+                .or(file.proxy_timeout_ms)
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(d.timeout),
+        };
+        proxy.validate().map_err(anyhow::Error::msg)?;
         let oidc = match (&g.oidc_issuer, &g.oidc_audience, &g.oidc_jwks_url) {
             (Some(issuer), Some(audience), Some(jwks_url)) => Some(OidcConfig {
                 issuer: issuer.clone(),
@@ -40,7 +55,8 @@ impl Common {
             }),
             _ => file.oidc.clone(),
         };
-        Self {
+        Ok(Self {
+            proxy,
             database_url: g.database_url.clone().or_else(|| file.database_url.clone()),
             ipfs_api_url: g.ipfs_api_url.clone().or_else(|| file.ipfs_api_url.clone()),
             max_upload_bytes: g
@@ -60,7 +76,7 @@ impl Common {
                 .or(file.token_leeway_secs)
                 .unwrap_or(defaults::TOKEN_LEEWAY_SECS),
             oidc,
-        }
+        })
     }
 }
 
@@ -82,9 +98,57 @@ async fn main() -> anyhow::Result<()> {
             let mut out = std::io::stdout();
             ehr_ipfs::cli::run(cmd, &mut out).await?;
         }
+        Command::Key { cmd } => match cmd {
+            ehr_gateway::cli::KeyCommand::Export {
+                gateway,
+                username,
+                password,
+                out,
+            } => {
+                anyhow::ensure!(!out.exists(), "{} exists; not overwriting", out.display());
+                let k = ehr_gateway::client::export_key(&gateway, &username, &password).await?;
+                ehr_gateway::fsutil::write_private(
+                    &out,
+                    serde_json::to_string_pretty(&k)?.as_bytes(),
+                )?;
+                println!(
+                    "key of {} written to {} (keep it secret)",
+                    k.patient_id,
+                    out.display()
+                );
+            }
+            ehr_gateway::cli::KeyCommand::Grant {
+                gateway,
+                token,
+                key,
+                consent,
+                threshold,
+                shares,
+            } => {
+                let k: ehr_gateway::api::keys::ExportedKey = serde_json::from_slice(
+                    &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+                )
+                .with_context(|| format!("{} is not a key file", key.display()))?;
+                let body: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(&consent)
+                        .with_context(|| format!("reading {}", consent.display()))?,
+                )
+                .with_context(|| format!("{} is not JSON", consent.display()))?;
+                let out = ehr_gateway::client::grant_with_own_key(
+                    &gateway, &token, &k, body, threshold, shares,
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+        },
+        Command::Erase(args) => {
+            let out =
+                ehr_gateway::client::erase(&args.gateway, &args.token, &args.record_id).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         Command::Serve(args) => {
             let g = args.gateway;
-            let common = Common::resolve(&g, &file);
+            let common = Common::resolve(&g, &file)?;
             let cfg = ServeConfig {
                 org: args.org.clone(),
                 data_dir: g.data_dir.or(file.data_dir).unwrap_or_else(|| {
@@ -106,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
                 peers: args.peers,
                 org_cas: args.org_cas,
                 kek_hex: std::env::var("EHR_KEK").ok(),
+                proxy: common.proxy,
             };
             let (g, stop) = serve::start(cfg).await.context("starting the gateway")?;
             println!(
@@ -127,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => {
             let g = args.gateway;
-            let common = Common::resolve(&g, &file);
+            let common = Common::resolve(&g, &file)?;
             let cfg = UpConfig {
                 data_dir: g
                     .data_dir
@@ -161,6 +226,8 @@ async fn main() -> anyhow::Result<()> {
                 oidc: common.oidc,
                 demo: args.demo,
                 kek_hex: std::env::var("EHR_KEK").ok(),
+                proxy: common.proxy,
+                advertise: ehr_gateway::serve::split_pairs("--advertise", &args.advertise)?,
             };
             let c = up::start(cfg.clone())
                 .await

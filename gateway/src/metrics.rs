@@ -14,6 +14,21 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the key proxy counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabels {
+    /// `DeliverKfrag`, `Reencrypt`, `Release`.
+    pub method: String,
+    /// `ok` or `refused`.
+    pub outcome: String,
+}
+
+/// Labels of the bad-cfrag counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub proxy: String,
+}
+
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -24,6 +39,10 @@ pub struct Metrics {
     pub download_bytes: Counter,
     pub access_allowed: Counter,
     pub access_denied: Counter,
+    /// Requests this gateway served as a key proxy.
+    pub proxy: Family<ProxyLabels, Counter>,
+    /// Capsule fragments refused as a reader, by the proxy that sent them.
+    pub bad_cfrags: Family<PeerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +97,18 @@ impl Metrics {
             "Denied access decisions",
             access_denied.clone(),
         );
+        let proxy = Family::<ProxyLabels, Counter>::default();
+        registry.register(
+            "key_proxy_requests",
+            "Key proxy requests served, by method and outcome",
+            proxy.clone(),
+        );
+        let bad_cfrags = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "bad_cfrags",
+            "Capsule fragments that failed verification, by proxy",
+            bad_cfrags.clone(),
+        );
         Self {
             registry,
             requests,
@@ -87,7 +118,19 @@ impl Metrics {
             download_bytes,
             access_allowed,
             access_denied,
+            proxy,
+            bad_cfrags,
         }
+    }
+
+    /// Counts one key proxy request.
+    pub fn proxy_requests(&self, method: &str, outcome: &str) {
+        self.proxy
+            .get_or_create(&ProxyLabels {
+                method: method.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition.

@@ -127,6 +127,19 @@ pub async fn run(chain: Arc<FabricChain>, db: Db, mut stop: tokio::sync::watch::
                                 None => break,
                             }
                         }
+                        // Key fragments that the events end (before the
+                        // checkpoint moves, so a failure is retried).
+                        let mut applied = true;
+                        for e in blocks.iter().flat_map(|b| b.events.iter()) {
+                            if let Err(err) = crate::proxy::events::on_event(&db, &e.event_name, &e.payload).await {
+                                tracing::warn!(error = %err, "applying an event to the key fragments failed");
+                                applied = false;
+                                break;
+                            }
+                        }
+                        if !applied {
+                            break;
+                        }
                         let last = blocks.last().map_or(0, |b| b.block);
                         let rows: Vec<ProjectedEvent> = blocks
                             .iter()

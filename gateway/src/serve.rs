@@ -29,9 +29,11 @@ pub struct ServeConfig {
     /// `ORG=PEM_FILE` entries.
     pub org_cas: Vec<String>,
     pub kek_hex: Option<String>,
+    pub proxy: crate::proxy::ProxySettings,
 }
 
-fn split_pairs(what: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+/// Parses `ORG=VALUE` entries.
+pub fn split_pairs(what: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for it in items {
         let Some((k, v)) = it.split_once('=') else {
@@ -72,12 +74,14 @@ pub async fn start(
         org_cas.insert(org, pem);
     }
     org_cas.insert(cfg.org.clone(), ca.cert_pem().to_owned());
-    let peers = split_pairs("--peer", &cfg.peers)?;
+    let mut peers = split_pairs("--peer", &cfg.peers)?;
     let blobs = crate::up::open_blob_store(cfg.ipfs_api_url.as_deref(), &cfg.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
+    // This gateway can be a proxy of its own org's grants.
+    peers.entry(cfg.org.clone()).or_insert_with(|| url.clone());
     let (database_url, database_schema) = match &cfg.database_url {
         Some(u) => (
             u.clone(),
@@ -99,6 +103,7 @@ pub async fn start(
         public_url: url,
         peers,
         org_cas,
+        proxy: cfg.proxy,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let http = reqwest::Client::builder()

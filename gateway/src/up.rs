@@ -23,8 +23,8 @@ use crate::crypto::kek::Kek;
 use crate::db::Db;
 use crate::db::users::User;
 use crate::fabric::FabricChain;
-use crate::keyrelease::SERVICE_USER;
 use crate::metrics::Metrics;
+use crate::proxy::SERVICE_USER;
 
 /// The channel the devnet serves.
 pub const CHANNEL: &str = "ehr";
@@ -51,6 +51,10 @@ pub struct UpConfig {
     pub demo: bool,
     /// `EHR_KEK`: the KEK as hex (all orgs); else one `kek.key` per org dir.
     pub kek_hex: Option<String>,
+    /// Threshold proxy re-encryption settings of every gateway.
+    pub proxy: crate::proxy::ProxySettings,
+    /// URLs other gateways use to reach an org's gateway, when not its bound address.
+    pub advertise: BTreeMap<String, String>,
 }
 
 /// One running gateway.
@@ -61,15 +65,18 @@ pub struct RunningGateway {
     /// The bootstrap admin's password when it was created by this start.
     pub admin_password: Option<String>,
     handle: JoinHandle<()>,
-    projector: JoinHandle<()>,
+    /// The event projector, the kfrag outbox, key registration.
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl RunningGateway {
-    /// Waits for the server and the projector to finish (after the stop
-    /// signal) and closes the database.
+    /// Waits for the server and the background workers to finish (after
+    /// the stop signal) and closes the database.
     pub async fn join(self) {
         let _ = self.handle.await;
-        let _ = self.projector.await;
+        for w in self.workers {
+            let _ = w.await;
+        }
         self.state.db.close().await;
     }
 }
@@ -124,6 +131,13 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     crate::config::validate_limits(cfg.max_upload_bytes, cfg.chunk_size)?;
+    cfg.proxy.validate().map_err(anyhow::Error::msg)?;
+    for org in cfg.advertise.keys() {
+        anyhow::ensure!(
+            cfg.orgs.contains(org),
+            "--advertise names {org:?}, which is not an org of this consortium"
+        );
+    }
     // Org CAs and KEKs.
     let mut orgs = Vec::new();
     for org in &cfg.orgs {
@@ -177,10 +191,11 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
         let url = format!("http://{}", l.local_addr()?);
         listeners.push((l, url));
     }
+    // What other gateways dial: the advertised URL, else the bound one.
     let peers: BTreeMap<String, String> = orgs
         .iter()
         .zip(&listeners)
-        .map(|((o, ..), (_, u))| (o.clone(), u.clone()))
+        .map(|((o, ..), (_, u))| (o.clone(), cfg.advertise.get(o).unwrap_or(u).clone()))
         .collect();
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -210,6 +225,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
             public_url: url,
             peers: peers.clone(),
             org_cas: org_cas.clone(),
+            proxy: cfg.proxy,
         };
         gateways.push(
             start_gateway(GatewayParts {
@@ -343,7 +359,28 @@ pub async fn start_gateway(p: GatewayParts) -> anyhow::Result<RunningGateway> {
         service.clone(),
         devnet,
     )?);
-    let projector = tokio::spawn(crate::projector::run(chain.clone(), db.clone(), rx.clone()));
+    let mut workers = vec![tokio::spawn(crate::projector::run(
+        chain.clone(),
+        db.clone(),
+        rx.clone(),
+    ))];
+    // This org's reader and proxy keys, registered on-chain for grantors.
+    let org_keys = crate::proxy::OrgKeys::load_or_create(&db, &kek)
+        .await
+        .with_context(|| format!("org keys of {org}"))?;
+    let msp = crate::proxy::wire::consortium_msp(&gcfg.org_cas)
+        .map_err(|e| anyhow::anyhow!("consortium CAs: {e}"))?;
+    if let Err(e) = crate::proxy::keys::register(chain.as_ref(), &service, &org_keys).await {
+        tracing::warn!(error = %e, %org, "could not register the org keys yet; retrying in the background");
+        workers.push(tokio::spawn(crate::proxy::keys::register_until_done(
+            chain.clone(),
+            service.clone(),
+            org_keys.reader.public.clone(),
+            org_keys.proxy.public.clone(),
+            rx.clone(),
+        )));
+    }
+    let proxy = crate::proxy::ProxyState::new(gcfg.proxy, org_keys, msp);
     let state: AppState = Arc::new(Gateway {
         cfg: gcfg,
         db,
@@ -356,7 +393,12 @@ pub async fn start_gateway(p: GatewayParts) -> anyhow::Result<RunningGateway> {
         metrics: Metrics::new(),
         service,
         http: http.clone(),
+        proxy,
     });
+    workers.push(tokio::spawn(crate::proxy::grantor::run_outbox(
+        state.clone(),
+        rx.clone(),
+    )));
     crate::reconcile::run(&state).await;
     let admin_password = bootstrap_admin(&state, demo).await?;
     let app = api::router(state.clone());
@@ -379,7 +421,7 @@ pub async fn start_gateway(p: GatewayParts) -> anyhow::Result<RunningGateway> {
         state,
         admin_password,
         handle,
-        projector,
+        workers,
     })
 }
 

@@ -2,7 +2,8 @@
 //! wire format with Fabric's package names and field numbers, so the bytes we
 //! send and receive are exactly a real peer's. Module names follow the proto
 //! packages: `common`, `msp`, `protos` (Fabric's `peer` package), `queryresult`,
-//! `rwset`, `kvrwset`, `orderer`, `gateway`.
+//! `rwset`, `kvrwset`, `orderer`, `gateway`; ehrchain's own protocols are under
+//! [`ehr`].
 //!
 //! A few Fabric 3.x additions are included and marked as such in the `.proto`
 //! files (e.g. `ChaincodeMessage` types `WRITE_BATCH_STATE`/`GET_STATE_MULTIPLE`,
@@ -49,4 +50,15 @@ pub mod orderer {
 /// `gateway`: the Fabric Gateway service and its messages.
 pub mod gateway {
     tonic::include_proto!("gateway");
+}
+
+/// ehrchain's own messages (not Fabric's).
+pub mod ehr {
+    /// `ehr.proxy.v1`: the gateway-to-gateway key proxy service (threshold
+    /// proxy re-encryption), see `ehr/proxy/proxy.proto`.
+    pub mod proxy {
+        pub mod v1 {
+            tonic::include_proto!("ehr.proxy.v1");
+        }
+    }
 }

@@ -10,6 +10,8 @@
 //! (testcontainers: `postgres` with trust auth, `ipfs/kubo` offline) for the
 //! test's lifetime; else the test is skipped with a loud message.
 
+pub mod adversary;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -369,6 +371,8 @@ impl Net {
             oidc: None,
             demo: true,
             kek_hex: None,
+            proxy: ehr_gateway::proxy::DEFAULT_SETTINGS,
+            advertise: Default::default(),
         };
         customize(&mut cfg);
         let c = up::start(cfg).await.context("starting the consortium")?;

@@ -35,6 +35,7 @@ async fn a_separate_gateway_serves_an_org_against_the_ledger() -> Result<()> {
                 .display()
         )],
         kek_hex: None,
+        proxy: ehr_gateway::proxy::DEFAULT_SETTINGS,
     })
     .await?;
     assert!(g.admin_password.is_none(), "the org's admin already exists");

@@ -1,4 +1,4 @@
-//! `RequestAccess` (decide, log, event) and `GetAccessEvent`.
+//! `RequestAccess` (decide, log, event), `GetAccessEvent` and `GetPreGrant`.
 //!
 //! Every decision, allow or deny, is written to the access log in the same
 //! transaction and answered with status 200 (`allowed:false` for a denial):
@@ -11,11 +11,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::Ctx;
-use super::consents::load_all_for_patient;
+use super::consents::{is_proxy_admin, load_all_for_patient};
 use super::decision::{self, Request};
 use super::error::ContractError;
 use super::model::{
-    AccessEvent, Action, BreakGlassReview, Consent, ConsentStatus, Purpose, ReviewOutcome, Verdict,
+    AccessEvent, Action, BreakGlassReview, Consent, ConsentStatus, PreGrant, Purpose, Record,
+    ReviewOutcome, Verdict,
 };
 use super::patients;
 use super::records;
@@ -23,6 +24,7 @@ use super::store::{
     self, CONSENT, EVENT, LOG_BREAK_GLASS, LOG_BY_ACTOR, LOG_BY_ORG, LOG_BY_PATIENT, LOG_BY_TIME,
     REVIEW,
 };
+use super::time::Time;
 use super::validate::{check_id, normalize_text};
 use crate::identity::Role;
 
@@ -38,7 +40,7 @@ pub struct RequestArgs {
     pub justification: Option<String>,
 }
 
-/// `GetAccessEvent` argument.
+/// `GetAccessEvent` / `GetPreGrant` argument.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventIdArgs {
@@ -57,6 +59,16 @@ pub struct DecisionResult<'a> {
     pub record_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patient_id: Option<&'a str>,
+}
+
+/// What `RequestAccess` answers: the decision and, when allowed, the
+/// record's metadata (CID, SHA-256, capsule reference… never PHI).
+#[derive(Serialize)]
+struct DecisionAnswer<'a> {
+    #[serde(flatten)]
+    result: &'a DecisionResult<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a super::model::Record>,
 }
 
 /// The `AccessDecision` event: the full log entry plus `allowed`, so an
@@ -78,6 +90,28 @@ struct EventView<'a> {
     /// erased, the consent that allowed it is still active, a break-glass
     /// access was not reviewed as unjustified.
     current: bool,
+}
+
+/// The answer to `GetPreGrant`.
+#[derive(Serialize)]
+struct PreGrantView<'a> {
+    event_id: &'a str,
+    record_id: &'a str,
+    patient_id: &'a str,
+    patient_org: &'a str,
+    actor: &'a str,
+    actor_org: &'a str,
+    time_unix: i64,
+    decision: Verdict,
+    /// As in `GetAccessEvent`.
+    current: bool,
+    consent_id: &'a str,
+    consent_status: ConsentStatus,
+    /// The record's capsule reference (whatever is stored, even if erased).
+    capsule_ref: &'a str,
+    /// The patient's Umbral public key (the delegating key).
+    patient_public_key: &'a str,
+    pre: &'a PreGrant,
 }
 
 /// Decides a request, logs it, and answers the decision.
@@ -172,7 +206,12 @@ pub fn request(ctx: &mut Ctx<'_>, args: RequestArgs) -> Result<Vec<u8>, Contract
             allowed: d.allowed,
         },
     )?;
-    store::to_json(&result)
+    // An allowed reader gets the record's metadata with the decision (a
+    // break-glass reader may not see it otherwise); the event does not.
+    store::to_json(&DecisionAnswer {
+        result: &result,
+        record: if d.allowed { record.as_ref() } else { None },
+    })
 }
 
 /// Writes an access event under its id and every index.
@@ -215,6 +254,35 @@ pub(crate) fn load_review(
     store::get_json(ctx.stub, &key)
 }
 
+/// The consent an event names, if it names one and it is stored.
+fn event_consent(ctx: &mut Ctx<'_>, event: &AccessEvent) -> Result<Option<Consent>, ContractError> {
+    match (&event.consent_id, &event.patient_id) {
+        (Some(cid), Some(pid)) => store::get_json(ctx.stub, &store::key(CONSENT, &[pid, cid])?),
+        _ => Ok(None),
+    }
+}
+
+/// Whether an allowed decision still stands at `now`: it was an allow, its
+/// record (`record`, loaded by the event's `record_id`) exists and is not
+/// erased, the consent that allowed it (if one did; `consent`) is active,
+/// and a break-glass access was not reviewed as unjustified. The `current`
+/// of both `GetAccessEvent` and `GetPreGrant`.
+fn is_current(
+    event: &AccessEvent,
+    record: Option<&Record>,
+    consent: Option<&Consent>,
+    review: Option<&BreakGlassReview>,
+    now: Time,
+) -> bool {
+    event.decision == Verdict::Allow
+        && record.is_some_and(|r| !r.erased)
+        && match &event.consent_id {
+            Some(_) => consent.is_some_and(|k| k.status_at(now) == ConsentStatus::Active),
+            None => true,
+        }
+        && !review.is_some_and(|r| r.outcome == ReviewOutcome::Unjustified)
+}
+
 /// Returns an access event, its review, and whether it is still current.
 ///
 /// Readable by the actor, the patient, auditors, and admins of the actor's
@@ -223,44 +291,103 @@ pub(crate) fn load_review(
 pub fn get_event(ctx: &mut Ctx<'_>, args: EventIdArgs) -> Result<Vec<u8>, ContractError> {
     check_id("event_id", &args.event_id)?;
     let event = load_event(ctx, &args.event_id)?;
-    let consent: Option<Consent> = match (&event.consent_id, &event.patient_id) {
-        (Some(cid), Some(pid)) => store::get_json(ctx.stub, &store::key(CONSENT, &[pid, cid])?)?,
-        _ => None,
-    };
+    let consent = event_consent(ctx, &event)?;
     let c = &ctx.caller;
     let is_actor = c.user_id == event.actor && c.msp_id == event.actor_org;
     let is_patient = match (&event.patient_id, &event.patient_org) {
         (Some(p), Some(o)) => c.is_patient(p, o),
         _ => false,
     };
-    let is_proxy_org = consent
-        .as_ref()
-        .and_then(|k| k.pre.as_ref())
-        .is_some_and(|pre| pre.proxies.contains(&c.msp_id));
-    let admin_ok = c.role == Role::Admin
+    let admin_ok = (c.role == Role::Admin
         && (c.msp_id == event.actor_org
-            || event.patient_org.as_deref() == Some(c.msp_id.as_str())
-            || is_proxy_org);
+            || event.patient_org.as_deref() == Some(c.msp_id.as_str())))
+        || consent.as_ref().is_some_and(|k| is_proxy_admin(ctx, k));
     if !(is_actor || is_patient || c.role == Role::Auditor || admin_ok) {
         return Err(ContractError::forbidden(
             "only the actor, the patient, an auditor or an admin of a concerned org may read this event",
         ));
     }
     let review = load_review(ctx, &event.event_id)?;
-    let current = event.decision == Verdict::Allow
-        && records::load(ctx, &event.record_id)?.is_some_and(|r| !r.erased)
-        && match &event.consent_id {
-            Some(_) => consent
-                .as_ref()
-                .is_some_and(|k| k.status_at(ctx.now) == ConsentStatus::Active),
-            None => true,
-        }
-        && !review
-            .as_ref()
-            .is_some_and(|r| r.outcome == ReviewOutcome::Unjustified);
+    let record = records::load(ctx, &event.record_id)?;
+    let current = is_current(
+        &event,
+        record.as_ref(),
+        consent.as_ref(),
+        review.as_ref(),
+        ctx.now,
+    );
     store::to_json(&EventView {
         event: &event,
         review: review.as_ref(),
         current,
+    })
+}
+
+/// Returns what a proxy (or the reader's gateway) needs before
+/// re-encrypting for an access event: the event's decision and currency,
+/// the consent's status and PRE grant, the record's capsule reference and
+/// the patient's public key.
+///
+/// Readable by admins of the actor's org (the reader's gateway) and of the
+/// orgs listed as proxies in the consent's PRE grant. 409 when no consent
+/// decided the event or the consent has no PRE grant.
+pub fn get_pre_grant(ctx: &mut Ctx<'_>, args: EventIdArgs) -> Result<Vec<u8>, ContractError> {
+    check_id("event_id", &args.event_id)?;
+    let event = load_event(ctx, &args.event_id)?;
+    let consent = event_consent(ctx, &event)?;
+    if !(ctx.caller.has_role_in(Role::Admin, &event.actor_org)
+        || consent.as_ref().is_some_and(|k| is_proxy_admin(ctx, k)))
+    {
+        return Err(ContractError::forbidden(
+            "only an admin of the actor's org or of a PRE proxy of the consent may read the PRE grant of an access event",
+        ));
+    }
+    let Some(consent_id) = event.consent_id.as_deref() else {
+        return Err(ContractError::conflict(format!(
+            "access event {:?} was not decided by a consent, so it has no PRE grant",
+            event.event_id
+        )));
+    };
+    let consent = consent.ok_or_else(|| {
+        ContractError::internal(format!("access event names missing consent {consent_id:?}"))
+    })?;
+    let Some(pre) = consent.pre.as_ref() else {
+        return Err(ContractError::conflict(format!(
+            "consent {consent_id:?} has no PRE grant"
+        )));
+    };
+    let patient = patients::load(ctx, &consent.patient_id).map_err(|e| match e {
+        ContractError::NotFound(_) => ContractError::internal("consent of an unregistered patient"),
+        other => other,
+    })?;
+    let record = records::load(ctx, &event.record_id)?.ok_or_else(|| {
+        ContractError::internal(format!(
+            "access event names missing record {:?}",
+            event.record_id
+        ))
+    })?;
+    let review = load_review(ctx, &event.event_id)?;
+    let current = is_current(
+        &event,
+        Some(&record),
+        Some(&consent),
+        review.as_ref(),
+        ctx.now,
+    );
+    store::to_json(&PreGrantView {
+        event_id: &event.event_id,
+        record_id: &event.record_id,
+        patient_id: &patient.patient_id,
+        patient_org: &patient.home_org,
+        actor: &event.actor,
+        actor_org: &event.actor_org,
+        time_unix: event.time_unix,
+        decision: event.decision,
+        current,
+        consent_id,
+        consent_status: consent.status_at(ctx.now),
+        capsule_ref: &record.capsule_ref,
+        patient_public_key: &patient.pre_public_key,
+        pre,
     })
 }

@@ -4,7 +4,9 @@
 //! revokes; an admin of the patient's home organisation may act as their
 //! delegate, which is recorded on the consent (`delegate`,
 //! `revoked_by_delegate`) and in the event. Patients, home-org admins and
-//! auditors (any org) may read a patient's consents.
+//! auditors (any org) may read a patient's consents; an admin of an org
+//! named as a proxy in a consent's `pre` grant may read that consent (its
+//! proxies check the kfrag commitments against it).
 
 use std::collections::BTreeMap;
 
@@ -140,6 +142,16 @@ fn may_read(ctx: &Ctx<'_>, patient: &Patient) -> bool {
     grantor_kind(ctx, patient).is_some() || ctx.caller.role == Role::Auditor
 }
 
+/// Whether the caller is an admin of an org listed as a PRE proxy of this
+/// consent (which lets it read this one consent).
+pub(crate) fn is_proxy_admin(ctx: &Ctx<'_>, consent: &Consent) -> bool {
+    ctx.caller.role == Role::Admin
+        && consent
+            .pre
+            .as_ref()
+            .is_some_and(|pre| pre.proxies.contains(&ctx.caller.msp_id))
+}
+
 fn validate_grantee(g: &Grantee) -> Result<(), ContractError> {
     let need_id = |field: &str, v: &Option<String>| match v {
         Some(v) => check_id(field, v),
@@ -243,10 +255,15 @@ fn validate_conditions(c: &BTreeMap<String, ConditionValue>) -> Result<(), Contr
     Ok(())
 }
 
-/// Validates a PRE grant and returns it with the key in canonical form.
+/// Validates a PRE grant and returns it with its keys in canonical form
+/// (`verifying_key`, the key that signed the kfrags, is required).
 fn validate_pre(pre: PreGrant) -> Result<PreGrant, ContractError> {
     let grantee_public_key =
         canonical_public_key("pre.grantee_public_key", &pre.grantee_public_key)?;
+    let verifying_key = match &pre.verifying_key {
+        Some(k) => canonical_public_key("pre.verifying_key", k)?,
+        None => return Err(ContractError::invalid("pre.verifying_key is required")),
+    };
     let (t, n) = (pre.threshold, pre.shares);
     if !(1 <= t && t <= n && n <= MAX_PRE_SHARES) {
         return Err(ContractError::invalid(format!(
@@ -272,6 +289,7 @@ fn validate_pre(pre: PreGrant) -> Result<PreGrant, ContractError> {
     }
     Ok(PreGrant {
         grantee_public_key,
+        verifying_key: Some(verifying_key),
         ..pre
     })
 }
@@ -408,9 +426,9 @@ pub fn get(ctx: &mut Ctx<'_>, args: ConsentIdArgs) -> Result<Vec<u8>, ContractEr
     check_id("consent_id", &args.consent_id)?;
     let consent = load(ctx, &args.consent_id)?;
     let patient = patients::load(ctx, &consent.patient_id)?;
-    if !may_read(ctx, &patient) {
+    if !(may_read(ctx, &patient) || is_proxy_admin(ctx, &consent)) {
         return Err(ContractError::forbidden(
-            "only the patient, a home-org admin or an auditor may read consents",
+            "only the patient, a home-org admin, an auditor or an admin of one of its PRE proxies may read a consent",
         ));
     }
     view(ctx, consent)

@@ -1,5 +1,6 @@
-//! The ehrchain contract: patients, records, consents, access decisions and
-//! the access log (see `chaincode/README.md` for every function's JSON).
+//! The ehrchain contract: patients, records, consents, access decisions,
+//! the access log and the orgs' PRE keys (see `chaincode/README.md` for
+//! every function's JSON).
 //!
 //! Arguments are `[function, json]` exactly as
 //! `peer chaincode invoke -c '{"Args":["GrantConsent","{...}"]}'` sends
@@ -15,6 +16,7 @@ mod consents;
 pub mod decision;
 pub mod error;
 pub mod model;
+mod orgkeys;
 pub mod page;
 mod patients;
 mod records;
@@ -35,7 +37,7 @@ use time::Time;
 pub const MAX_ARG_BYTES: usize = 256 * 1024;
 
 /// Every function the contract serves.
-pub const FUNCTIONS: [&str; 15] = [
+pub const FUNCTIONS: [&str; 19] = [
     "RegisterPatient",
     "GetPatient",
     "AddRecord",
@@ -50,6 +52,10 @@ pub const FUNCTIONS: [&str; 15] = [
     "GetAccessEvent",
     "QueryAccessLog",
     "ReviewBreakGlass",
+    "GetPreGrant",
+    "RegisterOrgKeys",
+    "GetOrgKeys",
+    "ListOrgKeys",
     "Ping",
 ];
 
@@ -158,6 +164,10 @@ fn dispatch(stub: &mut dyn Stub, args: &[Vec<u8>]) -> Result<Vec<u8>, ContractEr
         "GetAccessEvent" => access::get_event(&mut ctx, parse(arg)?),
         "QueryAccessLog" => audit::query(&mut ctx, parse(arg)?),
         "ReviewBreakGlass" => audit::review(&mut ctx, parse(arg)?),
+        "GetPreGrant" => access::get_pre_grant(&mut ctx, parse(arg)?),
+        "RegisterOrgKeys" => orgkeys::register(&mut ctx, parse(arg)?),
+        "GetOrgKeys" => orgkeys::get(&mut ctx, parse(arg)?),
+        "ListOrgKeys" => orgkeys::list(&mut ctx, parse(arg)?),
         "Ping" => ping(&ctx),
         _ => Err(ContractError::internal("function table out of sync")),
     }

@@ -202,6 +202,11 @@ impl ConditionValue {
 pub struct PreGrant {
     /// The grantee's Umbral public key, `0x` + 66 hex digits.
     pub grantee_public_key: String,
+    /// The patient's Umbral signing public key that signed the kfrags,
+    /// `0x` + 66 hex digits (proxies verify kfrags against it). Required
+    /// for new grants; absent only on grants stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifying_key: Option<String>,
     /// t: cfrags needed.
     pub threshold: u32,
     /// n: kfrags made, one per proxy.
@@ -243,6 +248,24 @@ pub struct Consent {
     pub revoked_by_delegate: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre: Option<PreGrant>,
+}
+
+/// An organisation's registered Umbral public keys (one entry per org;
+/// a rotation overwrites it, the key history keeps the earlier ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgKeys {
+    /// The organisation's MSP id.
+    pub org: String,
+    /// The key re-encrypted capsules are opened with (the org's gateway as
+    /// a reader), `0x` + 66 hex digits.
+    pub reader_public_key: String,
+    /// The key kfrags are sealed to (the org's gateway as a proxy),
+    /// `0x` + 66 hex digits.
+    pub proxy_public_key: String,
+    /// User id of the registering admin.
+    pub registered_by: String,
+    pub registered_at: Time,
+    pub tx_id: String,
 }
 
 /// A consent's status at a given time.
@@ -404,5 +427,23 @@ mod tests {
         assert_eq!(back, v);
         assert!(ConditionValue::AnyOf(vec!["a".into(), "b".into()]).accepts("b"));
         assert!(!ConditionValue::One("a".into()).accepts("A"));
+    }
+
+    #[test]
+    fn pre_grants_stored_without_a_verifying_key_still_read() {
+        let old = r#"{"grantee_public_key":"0x02","threshold":1,"shares":1,"proxies":["O"],"kfrag_commitments":["00"]}"#;
+        let g: PreGrant = serde_json::from_str(old).unwrap();
+        assert_eq!(g.verifying_key, None);
+        assert_eq!(serde_json::to_string(&g).unwrap(), old);
+        let g = PreGrant {
+            verifying_key: Some("0x03".into()),
+            ..g
+        };
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            r#"{"grantee_public_key":"0x02","verifying_key":"0x03","threshold":1,"shares":1,"proxies":["O"],"kfrag_commitments":["00"]}"#
+        );
+        let unknown = old.replace("\"threshold\"", "\"extra\":1,\"threshold\"");
+        assert!(serde_json::from_str::<PreGrant>(&unknown).is_err());
     }
 }

@@ -14,6 +14,7 @@
 //! | `ehr.log~breakglass` | time key, event_id | the same event |
 //! | `ehr.log~time` | time key, event_id | the same event |
 //! | `ehr.review` | event_id | [`BreakGlassReview`](super::model::BreakGlassReview) |
+//! | `ehr.orgkeys` | msp_id | [`OrgKeys`](super::model::OrgKeys) |
 //!
 //! Records and consents are keyed by patient so one range scan returns a
 //! patient's records or consents; the `~id` pointers find them by id.
@@ -40,6 +41,7 @@ pub const LOG_BY_ORG: &str = "ehr.log~org";
 pub const LOG_BREAK_GLASS: &str = "ehr.log~breakglass";
 pub const LOG_BY_TIME: &str = "ehr.log~time";
 pub const REVIEW: &str = "ehr.review";
+pub const ORG_KEYS: &str = "ehr.orgkeys";
 
 /// A composite key (ids are validated before they get here, so this only
 /// fails on a contract bug).

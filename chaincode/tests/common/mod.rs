@@ -366,6 +366,14 @@ pub fn record_args(id: &str, patient: &str, category: &str) -> Value {
     })
 }
 
+/// `GrantConsent` arguments: p1's lab records, read, TREAT, to `grantee`.
+pub fn lab_consent(id: &str, grantee: Value) -> Value {
+    json!({
+        "consent_id": id, "patient_id": "p1", "grantee": grantee,
+        "scope": {"categories": ["lab"]}, "actions": ["read"], "purposes": ["TREAT"],
+    })
+}
+
 /// An RFC 3339 string for `T0 + offset` seconds.
 pub fn at(offset: i64) -> String {
     ehr_chaincode::contract::time::Time::from_unix(T0 + offset, 0)
@@ -380,4 +388,38 @@ pub fn writes_under(tx: &TxRecord, object_type: &str) -> usize {
         .iter()
         .filter(|(k, _)| k.as_str() >= s.as_str() && k.as_str() < e.as_str())
         .count()
+}
+
+/// Asserts an error with this code and that nothing was written.
+pub fn rejected(o: &Outcome, code: &str) {
+    assert_eq!(o.code(), code, "{}", o.response.message);
+    let status = match code {
+        "invalid_argument" => 400,
+        "forbidden" => 403,
+        "not_found" => 404,
+        "conflict" => 409,
+        _ => 500,
+    };
+    assert_eq!(o.response.status, status);
+    assert!(!o.tx.committed);
+    assert!(
+        o.tx.writes.is_empty(),
+        "a rejected call wrote {:?}",
+        o.tx.writes
+    );
+    assert!(o.tx.event.is_none());
+}
+
+/// The name of the event a call set (empty when none).
+pub fn event_name(o: &Outcome) -> &str {
+    o.tx.event.as_ref().map(|(n, _)| n.as_str()).unwrap_or("")
+}
+
+/// A `RequestAccess` for `read` (with a justification when given); the answer.
+pub fn request(w: &mut World, who: &Actor, record: &str, purpose: &str, j: Option<&str>) -> Value {
+    let mut arg = json!({"record_id": record, "action": "read", "purpose": purpose});
+    if let Some(j) = j {
+        arg["justification"] = json!(j);
+    }
+    w.ok(who, "RequestAccess", arg)
 }

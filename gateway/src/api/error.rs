@@ -60,6 +60,10 @@ impl ApiError {
     pub fn conflict(m: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", m)
     }
+    /// 410: the content existed and was erased.
+    pub fn gone(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "gone", m)
+    }
     /// 413.
     pub fn too_large(m: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m)

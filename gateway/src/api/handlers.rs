@@ -14,11 +14,10 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, Caller, check_id};
 use crate::auth::password;
-use crate::crypto::sealer::{KeySealer, UmbralSealer};
+use crate::crypto::sealer::{KeySealer, SealedKey, UmbralSealer};
 use crate::crypto::stream::Dek;
 use crate::db::uploads::UploadState;
 use crate::db::users::User;
-use crate::keyrelease;
 use crate::pipeline::{self, PipelineError};
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
@@ -697,6 +696,11 @@ pub async fn record_content(
         .to_owned();
     if !allowed {
         app.metrics.access_denied.inc();
+        if reason == "record_erased" {
+            return Err(ApiError::gone(format!(
+                "the record's content was erased (event {event_id})"
+            )));
+        }
         return Err(ApiError::forbidden(format!(
             "access denied: {reason} (event {event_id})"
         )));
@@ -705,15 +709,15 @@ pub async fn record_content(
     // 2. Fetch, verify, decrypt.
     // Metadata is immutable but for erasure, which an allowed decision
     // excludes; reuse what step 0 read when the caller could see it.
-    let record_bytes = match visible {
-        Some(b) => b,
-        None => {
-            app.chain
-                .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
-                .await?
-        }
+    // An allowed decision carries the metadata too (a break-glass reader
+    // could not read it otherwise).
+    let record: Value = match visible {
+        Some(b) => parse_json(&b)?,
+        None => decision
+            .get("record")
+            .cloned()
+            .ok_or_else(|| ApiError::bad_gateway("allowed decision without record metadata"))?,
     };
-    let record: Value = parse_json(&record_bytes)?;
     let field = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
     let (Some(cid), Some(sha), Some(capsule_ref)) =
         (field("cid"), field("sha256"), field("capsule_ref"))
@@ -732,7 +736,7 @@ pub async fn record_content(
     let capsule_cid: ehr_ipfs::Cid = capsule_ref
         .parse()
         .map_err(|_| ApiError::bad_gateway("bad capsule reference on-chain"))?;
-    let dek = dek_for(&app, &c, &patient_id, &record_id, &event_id, &capsule_cid).await?;
+    let dek = dek_for(&app, &patient_id, &record_id, &event_id, &capsule_cid).await?;
     let spool = app.cfg.data_dir.join("spool");
     let file = pipeline::fetch_verified(app.blobs.as_ref(), &cid, &sha, &spool)
         .await
@@ -754,18 +758,25 @@ pub async fn record_content(
         .map_err(ApiError::internal)
 }
 
+/// Loads a record's sealed key blob (capsule + encrypted DEK).
+async fn load_sealed(app: &AppState, capsule_cid: &ehr_ipfs::Cid) -> ApiResult<SealedKey> {
+    let bytes = pipeline::get_small(app.blobs.as_ref(), capsule_cid, 64 * 1024)
+        .await
+        .map_err(|_| ApiError::bad_gateway("sealed key blob missing or corrupt"))?;
+    serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_gateway("malformed sealed key"))
+}
+
 /// Opens the record's DEK: directly when the patient is registered here
-/// (this gateway holds their key), else by key release from the patient's
-/// home gateway (proxy re-encryption to this gateway's key).
+/// (this gateway holds their key), else by proxy re-encryption to this
+/// org's reader key ([`crate::proxy::reader`]).
 async fn dek_for(
     app: &AppState,
-    c: &Caller,
     patient_id: &str,
     record_id: &str,
     event_id: &str,
     capsule_cid: &ehr_ipfs::Cid,
 ) -> ApiResult<Dek> {
-    let sealed = keyrelease::load_sealed(app, capsule_cid).await?;
+    let sealed = load_sealed(app, capsule_cid).await?;
     if let Some(patient) = app.db.user_by_patient(patient_id).await? {
         let row = app
             .db
@@ -777,37 +788,89 @@ async fn dek_for(
             .open(&keys.secret, &sealed)
             .map_err(|e| ApiError::bad_gateway(format!("opening the record key: {e}")));
     }
-    let patient: Value = parse_json(
-        &app.chain
-            .evaluate(&c.signer, "GetPatient", &json!({"patient_id": patient_id}))
-            .await?,
-    )?;
-    let home = patient
-        .get("home_org")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let pk = patient_public_key(&patient)?;
-    keyrelease::request(app, home, event_id, record_id, &pk, &sealed).await
+    crate::proxy::reader::dek(app, event_id, record_id, patient_id, &sealed).await
 }
 
-/// Key release for another org's gateway (see [`crate::keyrelease`]).
-#[utoipa::path(post, path = "/api/v1/internal/key-release", request_body(content = Object),
-    responses((status = 200, description = "capsule fragment"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn key_release(
+/// Erase a record's content (crypto-shredding, GDPR Art. 17): the erasure
+/// is recorded on-chain (`EraseRecord`: the metadata and access log stay),
+/// then the sealed key — the only copy of the DEK — and the ciphertext are
+/// unpinned and garbage-collected from the blob store; proxies drop the
+/// kfrags of grants scoped only to erased records. Repeating the call
+/// after a failed blob step finishes it.
+#[utoipa::path(delete, path = "/api/v1/records/{record_id}/content", params(("record_id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "{record_id, tx_id?, block?, destroyed}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn erase_record(
     State(app): State<AppState>,
-    ApiJson(req): ApiJson<keyrelease::KeyReleaseRequest>,
-) -> ApiResult<Json<keyrelease::KeyReleaseResponse>> {
-    Ok(Json(keyrelease::release(&app, req).await?))
+    c: Caller,
+    Path(record_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_id("record", &record_id)?;
+    let record: Value = parse_json(
+        &app.chain
+            .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
+            .await?,
+    )?;
+    // On-chain first: from that block no decision allows a read and no
+    // proxy re-encrypts.
+    let committed = match app
+        .chain
+        .submit(&c.signer, "EraseRecord", &json!({"record_id": record_id}))
+        .await
+    {
+        Ok(c) => Some(c),
+        // Already erased on-chain (a repeated call): finish the blob step.
+        Err(crate::chain::ChainError::Rejected { status: 409, .. })
+            if record.get("erased").and_then(Value::as_bool) == Some(true) =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut destroyed = Vec::new();
+    for field in ["capsule_ref", "cid"] {
+        let Some(cid) = record
+            .get(field)
+            .and_then(Value::as_str)
+            .and_then(|c| c.parse::<ehr_ipfs::Cid>().ok())
+        else {
+            continue;
+        };
+        app.blobs.unpin(&cid).await.map_err(|e| {
+            tracing::warn!(error = %e, %record_id, "unpinning an erased record's blob failed");
+            ApiError::unavailable(
+                "erased on-chain, but the blob store is unavailable: repeat the call to destroy the content",
+            )
+        })?;
+        destroyed.push(cid.to_string());
+    }
+    let gc = app.blobs.gc().await.map_err(|e| {
+        tracing::warn!(error = %e, %record_id, "garbage collection after erasure failed");
+        ApiError::unavailable(
+            "erased on-chain, but the blob store's garbage collection failed: repeat the call",
+        )
+    })?;
+    tracing::info!(%record_id, removed_blocks = gc.removed_blocks, "record content erased");
+    let mut out = json!({"record_id": record_id, "destroyed": destroyed});
+    if let Some(c) = committed {
+        out["tx_id"] = c.tx_id.into();
+        out["block"] = c.block.into();
+    }
+    Ok(Json(out))
 }
 
 // ---------------------------------------------------------------- consents
 
 /// Grant a consent (the patient, or a home-org admin as delegate). The body
 /// is the contract's consent: grantee, scope, actions, purposes,
-/// not_before?, not_after?, conditions?.
+/// not_before?, not_after?, conditions?; plus `key_grant` (optional):
+/// `{threshold?, shares?, proxies?}` to tune how the record key is shared,
+/// or `false` for none. A grant to another org's users, role or whole org
+/// shares the key by threshold proxy re-encryption (t of n proxy orgs,
+/// default 2 of 3): the answer's `key_grant` names the proxies and which
+/// ones already hold their key fragment (the rest are retried).
 #[utoipa::path(post, path = "/api/v1/patients/{patient_id}/consents", params(("patient_id" = String, Path)),
     request_body(content = Object), security(("bearer" = [])),
-    responses((status = 201, description = "{consent_id, tx_id, block}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, description = "{consent_id, tx_id, block, key_grant?}"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn grant_consent(
     State(app): State<AppState>,
     c: Caller,
@@ -820,18 +883,77 @@ pub async fn grant_consent(
             "patient_id comes from the path; consent_id is assigned",
         ));
     }
+    if body.contains_key("pre") {
+        return Err(ApiError::bad_request(
+            "pre is made by the gateway; use key_grant to tune it",
+        ));
+    }
     let mut args = body;
-    args.insert("patient_id".into(), patient_id.into());
-    let committed = app
+    let key_grant = match args.remove("key_grant") {
+        None | Some(Value::Null) => Some(crate::proxy::grantor::KeyGrantOptions::default()),
+        Some(Value::Bool(false)) => None,
+        Some(v @ Value::Object(_)) => Some(
+            serde_json::from_value(v)
+                .map_err(|e| ApiError::bad_request(format!("key_grant: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "key_grant must be an object {threshold?, shares?, proxies?} or false",
+            ));
+        }
+    };
+    // The org the consent's grantee belongs to, when it names one.
+    let grantee_org = args
+        .get("grantee")
+        .and_then(|g| g.get("org"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    args.insert("patient_id".into(), patient_id.clone().into());
+    let cross_org = grantee_org
+        .as_deref()
+        .filter(|o| *o != app.cfg.org && key_grant.is_some());
+    let prepared = match (cross_org, &key_grant) {
+        (Some(org), Some(opts)) => {
+            check_id("grantee.org", org)?;
+            let p = crate::proxy::grantor::prepare(&app, &patient_id, org, opts).await?;
+            args.insert("consent_id".into(), p.consent_id.clone().into());
+            args.insert(
+                "pre".into(),
+                serde_json::to_value(&p.pre).map_err(ApiError::internal)?,
+            );
+            Some(p)
+        }
+        _ => None,
+    };
+    let committed = match app
         .chain
         .submit(&c.signer, "GrantConsent", &Value::Object(args))
-        .await?;
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(p) = &prepared {
+                crate::proxy::grantor::abandon(&app, &p.consent_id).await;
+            }
+            return Err(e.into());
+        }
+    };
     let out: Value = parse_json(&committed.payload)?;
     let consent_id = out.get("consent_id").cloned().unwrap_or(Value::Null);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"consent_id": consent_id, "tx_id": committed.tx_id, "block": committed.block})),
-    ))
+    let mut answer =
+        json!({"consent_id": consent_id, "tx_id": committed.tx_id, "block": committed.block});
+    if let Some(p) = prepared {
+        let (delivered, pending) = crate::proxy::grantor::deliver_all(&app, &p.consent_id).await?;
+        answer["key_grant"] = serde_json::to_value(crate::proxy::grantor::KeyGrantOutcome {
+            threshold: p.pre.threshold,
+            shares: p.pre.shares,
+            proxies: p.pre.proxies.clone(),
+            delivered,
+            pending,
+        })
+        .map_err(ApiError::internal)?;
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// A patient's consents with their status.

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod keys;
 mod ops;
 
 use std::sync::Arc;
@@ -42,8 +43,10 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// The gateway's own identity (org admin), for service calls.
     pub service: SigningIdentity,
-    /// HTTP client for other gateways.
+    /// HTTP client (JWKS, …).
     pub http: reqwest::Client,
+    /// Threshold proxy re-encryption: org keys, settings, peer channels.
+    pub proxy: crate::proxy::ProxyState,
 }
 
 /// Largest JSON request body.
@@ -83,16 +86,17 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(handlers::token))
         .routes(routes!(handlers::me))
+        .routes(routes!(keys::export_key))
+        .routes(routes!(keys::org_keys))
         .routes(routes!(handlers::create_user))
         .routes(routes!(handlers::upload_record, handlers::list_records))
         .routes(routes!(handlers::get_record))
-        .routes(routes!(handlers::record_content))
+        .routes(routes!(handlers::record_content, handlers::erase_record))
         .routes(routes!(handlers::grant_consent, handlers::list_consents))
         .routes(routes!(handlers::revoke_consent))
         .routes(routes!(handlers::access_log))
         .routes(routes!(handlers::audit_events))
         .routes(routes!(handlers::ledger_verify))
-        .routes(routes!(handlers::key_release))
         .routes(routes!(handlers::event_proof))
         .routes(routes!(handlers::disclosures))
         .routes(routes!(handlers::audit_export))
@@ -131,7 +135,10 @@ pub fn router(state: AppState) -> Router {
         }),
     )
     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-    .with_state(state)
+    .with_state(state.clone())
+    // gRPC (gateway to gateway, `ehr.proxy.v1.KeyProxy`) on the same port,
+    // outside the REST layers: it has its own framing, errors and limits.
+    .merge(crate::proxy::service::routes(state))
 }
 
 /// Gives every error the API's JSON shape, including the plain-text
@@ -161,6 +168,7 @@ async fn error_shape(resp: Response) -> Response {
         404 => "not_found",
         405 => "method_not_allowed",
         409 => "conflict",
+        410 => "gone",
         413 => "payload_too_large",
         415 => "unsupported_media_type",
         422 => "unprocessable",

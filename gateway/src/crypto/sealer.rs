@@ -3,17 +3,14 @@
 //!
 //! A record's DEK is sealed to the patient's Umbral public key (capsule +
 //! DEM ciphertext). The patient's side can open it directly; another party
-//! opens it only through proxy re-encryption: the patient's side delegates
-//! to the receiver's public key (a key fragment), a proxy re-encrypts the
-//! capsule into a capsule fragment, and the receiver opens the DEK with its
-//! own secret key. No proxy ever sees the DEK.
+//! opens it only through proxy re-encryption ([`super::threshold`]): the
+//! patient's side delegates to the receiver's public key (key fragments),
+//! proxies re-encrypt the capsule into capsule fragments, and the receiver
+//! opens the DEK with its own secret key. No proxy ever sees the DEK.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use umbral_pre::{
-    Capsule, CapsuleFrag, PublicKey, SecretKey, SecretKeyFactory, Signer, VerifiedCapsuleFrag,
-    VerifiedKeyFrag,
-};
+use umbral_pre::{Capsule, PublicKey, SecretKey, SecretKeyFactory, Signer};
 
 use super::stream::Dek;
 
@@ -28,8 +25,6 @@ pub enum SealError {
     Scheme(String),
     #[error("could not open the sealed key (wrong key or tampered capsule)")]
     Open,
-    #[error("capsule fragment failed verification")]
-    Fragment,
 }
 
 /// A DEK sealed to someone's public key.
@@ -89,6 +84,25 @@ impl UmbralKeyPair {
     pub fn secret_key(&self) -> Result<SecretKey, SealError> {
         secret_key(&self.secret)
     }
+
+    /// The signer of key fragments: a second key derived from the same seed
+    /// under its own label, so that the delegating (decryption) key never
+    /// signs anything.
+    pub fn signer(&self) -> Result<Signer, SealError> {
+        let factory = SecretKeyFactory::from_secure_randomness(&self.secret)
+            .map_err(|_| SealError::BadKey)?;
+        Ok(Signer::new(factory.make_key(SIGNING_LABEL)))
+    }
+
+    /// The compressed public key of [`UmbralKeyPair::signer`] (what verifies
+    /// the kfrags this pair delegates).
+    pub fn verifying_key(&self) -> Result<Vec<u8>, SealError> {
+        Ok(self
+            .signer()?
+            .verifying_key()
+            .to_compressed_bytes()
+            .into_vec())
+    }
 }
 
 /// Umbral secret keys are stored as a 32-byte seed; the key is derived from
@@ -99,6 +113,7 @@ fn secret_key(seed: &[u8]) -> Result<SecretKey, SealError> {
 }
 
 const KEY_LABEL: &[u8] = b"ehrchain/umbral/v1";
+const SIGNING_LABEL: &[u8] = b"ehrchain/umbral/signing/v1";
 
 fn public_key(bytes: &[u8]) -> Result<PublicKey, SealError> {
     PublicKey::try_from_compressed_bytes(bytes).map_err(|_| SealError::BadKey)
@@ -114,77 +129,6 @@ impl UmbralSealer {
             return Err(SealError::Scheme(sealed.scheme.clone()));
         }
         serde_json::from_slice(&sealed.capsule).map_err(|_| SealError::BadEncoding)
-    }
-
-    /// Delegation: a key fragment letting a proxy re-encrypt capsules sealed
-    /// to `delegating_sk` for `receiving_pk` (threshold 1 of 1 for now; the
-    /// threshold version is the proxy re-encryption issue). Signed by
-    /// `signing_sk` so the receiver can check who delegated.
-    pub fn delegate(
-        &self,
-        delegating_sk: &[u8],
-        receiving_pk: &[u8],
-        signing_sk: &[u8],
-    ) -> Result<Vec<u8>, SealError> {
-        let sk = secret_key(delegating_sk)?;
-        let rpk = public_key(receiving_pk)?;
-        let signer = Signer::new(secret_key(signing_sk)?);
-        let kfrags = umbral_pre::generate_kfrags(&sk, &rpk, &signer, 1, 1, true, true);
-        let kfrag = kfrags.first().ok_or(SealError::Fragment)?;
-        serde_json::to_vec(&kfrag.clone().unverify()).map_err(|_| SealError::BadEncoding)
-    }
-
-    /// Proxy side: verifies a key fragment and re-encrypts the capsule of
-    /// `sealed` into a capsule fragment for the fragment's receiver.
-    pub fn reencrypt(
-        &self,
-        sealed: &SealedKey,
-        kfrag: &[u8],
-        verifying_pk: &[u8],
-        delegating_pk: &[u8],
-        receiving_pk: &[u8],
-    ) -> Result<Vec<u8>, SealError> {
-        let capsule = Self::capsule(sealed)?;
-        let kfrag: umbral_pre::KeyFrag =
-            serde_json::from_slice(kfrag).map_err(|_| SealError::BadEncoding)?;
-        let verified: VerifiedKeyFrag = kfrag
-            .verify(
-                &public_key(verifying_pk)?,
-                Some(&public_key(delegating_pk)?),
-                Some(&public_key(receiving_pk)?),
-            )
-            .map_err(|_| SealError::Fragment)?;
-        let cfrag = umbral_pre::reencrypt(&capsule, verified);
-        serde_json::to_vec(&cfrag.unverify()).map_err(|_| SealError::BadEncoding)
-    }
-
-    /// Receiver side: verifies the capsule fragment and opens the DEK with
-    /// the receiver's own secret key.
-    pub fn open_reencrypted(
-        &self,
-        receiving_sk: &[u8],
-        delegating_pk: &[u8],
-        verifying_pk: &[u8],
-        sealed: &SealedKey,
-        cfrag: &[u8],
-    ) -> Result<Dek, SealError> {
-        let capsule = Self::capsule(sealed)?;
-        let rsk = secret_key(receiving_sk)?;
-        let dpk = public_key(delegating_pk)?;
-        let cfrag: CapsuleFrag =
-            serde_json::from_slice(cfrag).map_err(|_| SealError::BadEncoding)?;
-        let verified: VerifiedCapsuleFrag = cfrag
-            .verify(
-                &capsule,
-                &public_key(verifying_pk)?,
-                &dpk,
-                &rsk.public_key(),
-            )
-            .map_err(|_| SealError::Fragment)?;
-        let dek =
-            umbral_pre::decrypt_reencrypted(&rsk, &dpk, &capsule, [verified], &sealed.ciphertext)
-                .map_err(|_| SealError::Open)?;
-        Dek::try_from_slice(&dek).ok_or(SealError::Open)
     }
 }
 
@@ -254,57 +198,13 @@ mod tests {
     }
 
     #[test]
-    fn proxy_reencryption_roundtrip_and_wrong_receiver() {
-        let s = UmbralSealer;
-        let patient = UmbralKeyPair::generate().unwrap();
-        let signer = UmbralKeyPair::generate().unwrap();
-        let reader = UmbralKeyPair::generate().unwrap();
-        let dek = Dek::generate();
-        let sealed = s.seal(&patient.public, &dek).unwrap();
-        let kfrag = s
-            .delegate(&patient.secret, &reader.public, &signer.secret)
-            .unwrap();
-        let cfrag = s
-            .reencrypt(
-                &sealed,
-                &kfrag,
-                &signer.public,
-                &patient.public,
-                &reader.public,
-            )
-            .unwrap();
-        let opened = s
-            .open_reencrypted(
-                &reader.secret,
-                &patient.public,
-                &signer.public,
-                &sealed,
-                &cfrag,
-            )
-            .unwrap();
-        assert_eq!(opened.as_bytes(), dek.as_bytes());
-        // Someone else cannot use the fragment.
-        let mallory = UmbralKeyPair::generate().unwrap();
-        assert!(
-            s.open_reencrypted(
-                &mallory.secret,
-                &patient.public,
-                &signer.public,
-                &sealed,
-                &cfrag
-            )
-            .is_err()
-        );
-        // A kfrag for a different receiver does not verify.
-        assert!(
-            s.reencrypt(
-                &sealed,
-                &kfrag,
-                &signer.public,
-                &patient.public,
-                &mallory.public
-            )
-            .is_err()
-        );
+    fn signing_key_is_derived_apart_from_the_decryption_key() {
+        let kp = UmbralKeyPair::generate().unwrap();
+        let vk = kp.verifying_key().unwrap();
+        assert_eq!(vk.len(), 33);
+        assert_ne!(vk, kp.public);
+        // Stable for a seed.
+        let again = UmbralKeyPair::from_seed(kp.secret.clone()).unwrap();
+        assert_eq!(again.verifying_key().unwrap(), vk);
     }
 }

@@ -42,7 +42,7 @@ use super::stream::Dek;
 pub const MAX_SHARES: usize = 16;
 
 /// Errors of threshold re-encryption. Never carries key material.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ThresholdError {
     /// `t`/`n` out of `1 <= t <= n <= 16`.
     #[error("threshold needs 1 <= t <= n <= {MAX_SHARES} (got {t} of {n})")]
@@ -205,6 +205,10 @@ impl ThresholdGrant {
             shares: n as u32,
             proxies: proxies.iter().map(|p| p.org.clone()).collect(),
             kfrag_commitments: commitments,
+            verifying_key: Some(format!(
+                "0x{}",
+                hex::encode(patient_signer.verifying_key().to_compressed_bytes())
+            )),
         };
         Ok(Self {
             metadata,
@@ -250,6 +254,45 @@ pub fn reencrypt(capsule: &[u8], kfrag: &VerifiedKeyFrag) -> Result<Vec<u8>, Thr
     serde_json::to_vec(&cfrag.unverify()).map_err(|_| ThresholdError::BadEncoding("cfrag"))
 }
 
+/// Proxy side: the capsule of a sealed key blob (as stored, JSON of a
+/// [`SealedKey`]), without ever decoding the blob's DEK ciphertext: only
+/// `scheme` and `capsule` are read.
+pub fn capsule_of_blob(blob: &[u8]) -> Result<Vec<u8>, ThresholdError> {
+    #[derive(serde::Deserialize)]
+    struct CapsuleOnly {
+        scheme: String,
+        capsule: Vec<u8>,
+    }
+    let c: CapsuleOnly =
+        serde_json::from_slice(blob).map_err(|_| ThresholdError::BadEncoding("sealed key blob"))?;
+    if c.scheme != UMBRAL_SCHEME {
+        return Err(ThresholdError::BadEncoding("sealing scheme"));
+    }
+    // Check it is a capsule before a proxy works with it.
+    serde_json::from_slice::<Capsule>(&c.capsule)
+        .map_err(|_| ThresholdError::BadEncoding("capsule"))?;
+    Ok(c.capsule)
+}
+
+/// The patient's custodian (their home gateway) re-encrypting directly for
+/// one reader, for a decision that has no threshold grant (break-glass): a
+/// one-off 1-of-1 kfrag from the patient's key to `receiving`, signed by
+/// the patient's signing key, used at once and dropped. Returns the cfrag;
+/// the reader verifies it with [`UmbralKeyPair::verifying_key`].
+pub fn custodial_cfrag(
+    patient: &UmbralKeyPair,
+    receiving: &PublicKey,
+    capsule: &[u8],
+) -> Result<Vec<u8>, ThresholdError> {
+    let sk = secret_key_of(patient)?;
+    let signer = patient
+        .signer()
+        .map_err(|_| ThresholdError::BadEncoding("secret key seed"))?;
+    let kfrags = umbral_pre::generate_kfrags(&sk, receiving, &signer, 1, 1, true, true);
+    let kfrag = kfrags.into_vec().pop().ok_or(ThresholdError::Seal)?;
+    reencrypt(capsule, &kfrag)
+}
+
 /// A cfrag as received from a proxy.
 #[derive(Debug, Clone)]
 pub struct ProxyCfrag {
@@ -268,11 +311,128 @@ pub struct Collected {
     pub rejected: Vec<ThresholdError>,
 }
 
-/// Reader side: verifies cfrags in order until `threshold` valid ones from
-/// distinct proxies listed in `grant_proxies` are in. Bad cfrags (bad
-/// encoding, failed verification, unlisted or repeated sender) are skipped
-/// and reported in [`Collected::rejected`]. Fewer than `threshold` valid:
-/// [`ThresholdError::NotEnough`].
+/// Reader side, incrementally: offer cfrags as proxies answer (in any
+/// order); each is verified at once and refused with its sender named when
+/// it is bad (undecodable, fails verification, unlisted or repeated sender,
+/// a copy of another proxy's cfrag). Done when `threshold` valid cfrags
+/// from distinct proxies are in.
+pub struct Collector<'a> {
+    capsule: &'a Capsule,
+    keys: GrantKeys<'a>,
+    grant_proxies: &'a [String],
+    threshold: usize,
+    verified: Vec<(String, VerifiedCapsuleFrag)>,
+    rejected: Vec<ThresholdError>,
+    seen_ids: Vec<String>,
+}
+
+impl<'a> Collector<'a> {
+    /// A collector for a grant over `grant_proxies` needing `threshold`.
+    pub fn new(
+        capsule: &'a Capsule,
+        keys: GrantKeys<'a>,
+        grant_proxies: &'a [String],
+        threshold: usize,
+    ) -> Result<Self, ThresholdError> {
+        if threshold == 0 || threshold > MAX_SHARES || threshold > grant_proxies.len() {
+            return Err(ThresholdError::BadThreshold {
+                t: threshold,
+                n: grant_proxies.len(),
+            });
+        }
+        Ok(Self {
+            capsule,
+            keys,
+            grant_proxies,
+            threshold,
+            verified: Vec::with_capacity(threshold),
+            rejected: Vec::new(),
+            seen_ids: Vec::with_capacity(threshold),
+        })
+    }
+
+    /// True when `threshold` valid cfrags are in.
+    pub fn is_complete(&self) -> bool {
+        self.verified.len() >= self.threshold
+    }
+
+    /// Verifies one proxy's cfrag. Returns `Err` (also kept for
+    /// [`Collector::finish`]) when it is refused; cfrags offered after
+    /// completion are ignored.
+    pub fn offer(&mut self, ProxyCfrag { org, cfrag }: ProxyCfrag) -> Result<(), ThresholdError> {
+        if self.is_complete() {
+            return Ok(());
+        }
+        let bad = |reason| ThresholdError::BadProxy {
+            org: org.clone(),
+            reason,
+        };
+        let outcome = if !self.grant_proxies.contains(&org) {
+            Err(bad("not a proxy of this grant"))
+        } else if self.verified.iter().any(|(o, _)| *o == org) {
+            Err(bad("sent more than one cfrag"))
+        } else {
+            match serde_json::from_slice::<CapsuleFrag>(&cfrag) {
+                Err(_) => Err(bad("undecodable cfrag")),
+                Ok(cf) => match kfrag_id_of(&cf) {
+                    // A copy of another proxy's cfrag verifies but adds
+                    // nothing (same key fragment): decryption would fail, so
+                    // refuse it here.
+                    None => Err(bad("duplicate of another proxy's cfrag")),
+                    Some(id) if self.seen_ids.contains(&id) => {
+                        Err(bad("duplicate of another proxy's cfrag"))
+                    }
+                    Some(id) => match cf.verify(
+                        self.capsule,
+                        self.keys.verifying,
+                        self.keys.delegating,
+                        self.keys.receiving,
+                    ) {
+                        Ok(v) => {
+                            self.seen_ids.push(id);
+                            self.verified.push((org.clone(), v));
+                            Ok(())
+                        }
+                        Err(_) => Err(bad("cfrag failed verification")),
+                    },
+                },
+            }
+        };
+        if let Err(e) = &outcome {
+            self.rejected.push(e.clone());
+        }
+        outcome
+    }
+
+    /// The proxies whose cfrags were refused so far.
+    pub fn bad_proxies(&self) -> Vec<String> {
+        self.rejected
+            .iter()
+            .filter_map(|e| match e {
+                ThresholdError::BadProxy { org, .. } => Some(org.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `threshold` verified cfrags, or [`ThresholdError::NotEnough`].
+    pub fn finish(self) -> Result<Collected, ThresholdError> {
+        if !self.is_complete() {
+            return Err(ThresholdError::NotEnough {
+                have: self.verified.len(),
+                need: self.threshold,
+                bad_proxies: self.bad_proxies(),
+            });
+        }
+        Ok(Collected {
+            verified: self.verified,
+            rejected: self.rejected,
+        })
+    }
+}
+
+/// Reader side, all at once: [`Collector`] over `cfrags` in order, stopping
+/// at `threshold` valid ones.
 pub fn collect(
     capsule: &Capsule,
     cfrags: impl IntoIterator<Item = ProxyCfrag>,
@@ -280,65 +440,14 @@ pub fn collect(
     grant_proxies: &[String],
     threshold: usize,
 ) -> Result<Collected, ThresholdError> {
-    if threshold == 0 || threshold > MAX_SHARES {
-        return Err(ThresholdError::BadThreshold {
-            t: threshold,
-            n: grant_proxies.len(),
-        });
-    }
-    let mut verified: Vec<(String, VerifiedCapsuleFrag)> = Vec::with_capacity(threshold);
-    let mut rejected = Vec::new();
-    let mut seen_ids: Vec<Option<String>> = Vec::with_capacity(threshold);
-    for ProxyCfrag { org, cfrag } in cfrags {
-        if verified.len() == threshold {
+    let mut c = Collector::new(capsule, keys, grant_proxies, threshold)?;
+    for cf in cfrags {
+        if c.is_complete() {
             break;
         }
-        let bad = |reason| ThresholdError::BadProxy {
-            org: org.clone(),
-            reason,
-        };
-        if !grant_proxies.contains(&org) {
-            rejected.push(bad("not a proxy of this grant"));
-            continue;
-        }
-        if verified.iter().any(|(o, _)| *o == org) {
-            rejected.push(bad("sent more than one cfrag"));
-            continue;
-        }
-        let Ok(cf) = serde_json::from_slice::<CapsuleFrag>(&cfrag) else {
-            rejected.push(bad("undecodable cfrag"));
-            continue;
-        };
-        let id = kfrag_id_of(&cf);
-        if id.is_none() || seen_ids.contains(&id) {
-            // A copy of another proxy's cfrag verifies but adds nothing
-            // (same key fragment): decryption would fail, so refuse it here.
-            rejected.push(bad("duplicate of another proxy's cfrag"));
-            continue;
-        }
-        match cf.verify(capsule, keys.verifying, keys.delegating, keys.receiving) {
-            Ok(v) => {
-                seen_ids.push(id);
-                verified.push((org, v));
-            }
-            Err(_) => rejected.push(bad("cfrag failed verification")),
-        }
+        let _ = c.offer(cf);
     }
-    if verified.len() < threshold {
-        let bad_proxies = rejected
-            .iter()
-            .filter_map(|e| match e {
-                ThresholdError::BadProxy { org, .. } => Some(org.clone()),
-                _ => None,
-            })
-            .collect();
-        return Err(ThresholdError::NotEnough {
-            have: verified.len(),
-            need: threshold,
-            bad_proxies,
-        });
-    }
-    Ok(Collected { verified, rejected })
+    c.finish()
 }
 
 /// The id of the kfrag a cfrag was made with (umbral-pre keeps the field

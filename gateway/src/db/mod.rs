@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod log;
+pub mod proxy;
 pub mod titles;
 pub mod uploads;
 pub mod users;
