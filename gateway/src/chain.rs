@@ -125,7 +125,7 @@ pub trait Chain: Send + Sync {
 /// The answer of [`Chain::last_event_block`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventScan {
-    /// The ledger cannot tell (not the embedded one, or too many blocks).
+    /// The ledger cannot tell (too many blocks to look at, or it refused).
     Unknown,
     /// No block in the range has events of the chaincode.
     NoEvents,

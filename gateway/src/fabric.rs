@@ -75,7 +75,8 @@ impl FabricChain {
     }
 }
 
-/// Blocks [`Chain::last_event_block`] looks at before it gives up.
+/// Blocks [`Chain::last_event_block`] looks at before it gives up (a
+/// projection that far behind is catching up; the caller then waits).
 const EVENT_SCAN_BLOCKS: u64 = 64;
 
 /// `height` (field 1, varint) of a `common.BlockchainInfo` (qscc
@@ -253,15 +254,26 @@ impl Chain for FabricChain {
     }
 
     async fn last_event_block(&self, from: u64, to: u64) -> Result<EventScan, ChainError> {
-        let Some(d) = &self.devnet else {
-            return Ok(EventScan::Unknown);
-        };
         if from > to {
             return Ok(EventScan::NoEvents);
         }
         if to - from >= EVENT_SCAN_BLOCKS {
             return Ok(EventScan::Unknown);
         }
+        let Some(d) = &self.devnet else {
+            // A peer: read the blocks with qscc, newest first.
+            let client = self.client(&self.probe);
+            for n in (from..=to).rev() {
+                let events = client
+                    .block_events(&self.channel_name, n)
+                    .await
+                    .map_err(map_err)?;
+                if events.iter().any(|e| e.chaincode_id == self.chaincode) {
+                    return Ok(EventScan::At(n));
+                }
+            }
+            return Ok(EventScan::NoEvents);
+        };
         let d = d.clone();
         let cc = self.chaincode.clone();
         tokio::task::spawn_blocking(move || {

@@ -151,6 +151,33 @@ impl GatewayClient {
         &self.signer
     }
 
+    /// The chaincode events of block `number`'s valid transactions, read
+    /// with the query system chaincode (`qscc GetBlockByNumber`), as from
+    /// any Fabric peer.
+    pub async fn block_events(
+        &self,
+        channel: &str,
+        number: u64,
+    ) -> Result<Vec<ChaincodeEvent>, ClientError> {
+        let n = number.to_string();
+        let bytes = self
+            .evaluate(
+                channel,
+                "qscc",
+                "GetBlockByNumber",
+                &[channel.as_bytes(), n.as_bytes()],
+            )
+            .await?;
+        let block = ehr_proto::common::Block::decode(bytes.as_slice())
+            .map_err(|e| ClientError::BadResponse(format!("block {number}: {e}")))?;
+        if block.header.as_ref().map(|h| h.number) != Some(number) {
+            return Err(ClientError::BadResponse(format!(
+                "asked for block {number}, got another"
+            )));
+        }
+        Ok(crate::devnet::events_of(&block))
+    }
+
     /// Evaluates (queries) `function(args)` on `chaincode`; returns the payload.
     pub async fn evaluate(
         &self,

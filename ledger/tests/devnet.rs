@@ -361,6 +361,33 @@ async fn chaincode_events_replay_from_a_start_block_and_resume() {
         (a.event.event_name.as_str(), b.event.event_name.as_str()),
         ("E3", "E4")
     );
+    // The query system chaincode, as a Fabric peer serves it: the height
+    // (BlockchainInfo field 1) and any block's events, also for a block
+    // without any (the plain put).
+    let info = c
+        .evaluate(CHANNEL, "qscc", "GetChainInfo", &[CHANNEL.as_bytes()])
+        .await
+        .unwrap();
+    assert_eq!(info.first(), Some(&0x08), "height comes first");
+    assert_eq!(u64::from(info[1]), devnet.height());
+    let e1 = c.block_events(CHANNEL, blocks[1]).await.unwrap();
+    assert_eq!(e1.len(), 1);
+    assert_eq!(
+        (e1[0].event_name.as_str(), e1[0].payload.as_slice()),
+        ("E1", &b"p1"[..])
+    );
+    let put_block = devnet.height() - 2;
+    assert!(c.block_events(CHANNEL, put_block).await.unwrap().is_empty());
+    assert!(
+        c.block_events(CHANNEL, 0).await.unwrap().is_empty(),
+        "genesis"
+    );
+    assert!(c.block_events(CHANNEL, devnet.height()).await.is_err());
+    assert!(
+        c.evaluate(CHANNEL, "qscc", "GetChainInfo", &[b"other-channel"])
+            .await
+            .is_err()
+    );
     // Events of another chaincode name: none.
     let mut other = c
         .chaincode_events(CHANNEL, "other", Some(Checkpoint::default()))

@@ -500,27 +500,41 @@ impl Devnet {
         Ok(resp)
     }
 
-    /// The part of Fabric's qscc the devnet serves: `GetChainInfo`.
+    /// The part of Fabric's qscc the devnet serves: `GetChainInfo <channel>`
+    /// and `GetBlockByNumber <channel> <number>`.
     fn qscc(&self, args: &[Vec<u8>]) -> Result<Response, LedgerError> {
+        let fail = |message: &str| LedgerError::Chaincode {
+            status: 500,
+            message: format!("qscc: {message}"),
+        };
         let function = args.first().map(Vec::as_slice).unwrap_or_default();
         let channel = args.get(1).map(Vec::as_slice).unwrap_or_default();
-        if function != b"GetChainInfo" {
-            return Err(LedgerError::Chaincode {
-                status: 500,
-                message: "qscc: only GetChainInfo is served here".into(),
-            });
-        }
         if channel != self.channel().as_bytes() {
-            return Err(LedgerError::Chaincode {
-                status: 500,
-                message: "qscc: unknown channel".into(),
-            });
+            return Err(fail("unknown channel"));
         }
-        let hashes = read(&self.core().chain).hashes.clone();
+        let payload = match function {
+            b"GetChainInfo" => blockchain_info(&read(&self.core().chain).hashes),
+            b"GetBlockByNumber" => {
+                let n: u64 = args
+                    .get(2)
+                    .and_then(|a| std::str::from_utf8(a).ok())
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| fail("block number expected"))?;
+                if n >= self.height() {
+                    return Err(fail("block not found"));
+                }
+                self.block(n)?.encode_to_vec()
+            }
+            _ => {
+                return Err(fail(
+                    "only GetChainInfo and GetBlockByNumber are served here",
+                ));
+            }
+        };
         Ok(Response {
             status: 200,
             message: String::new(),
-            payload: blockchain_info(&hashes),
+            payload,
         })
     }
 
@@ -721,7 +735,9 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Valid transactions' chaincode events of a block.
-pub(crate) fn events_of(b: &Block) -> Vec<ChaincodeEvent> {
+/// The chaincode events of a block's valid transactions (none in the
+/// genesis block), as Fabric's event service delivers them.
+pub fn events_of(b: &Block) -> Vec<ChaincodeEvent> {
     let filter = block::tx_filter(b);
     let mut out = Vec::new();
     if b.header.as_ref().is_some_and(|h| h.number == 0) {
