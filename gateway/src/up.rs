@@ -407,6 +407,13 @@ pub async fn start_gateway(p: GatewayParts) -> anyhow::Result<RunningGateway> {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        // No Nagle: small responses (and gRPC frames) must not wait for
+        // the peer's delayed ACK (40 ms stalls otherwise).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -9,7 +9,8 @@
 //!   the ledger and re-encrypts), two cfrags verified, DEK opened, blob
 //!   fetched, verified and decrypted;
 //! - for comparison, the same record read at the patient's home gateway
-//!   (DEK opened with the patient's key, no proxies).
+//!   (DEK opened with the patient's key, no proxies), and a denied read
+//!   (one `RequestAccess` committed: the ledger's share of every read).
 //!
 //! Sequential requests (latency, not throughput). Prints a Markdown table.
 //! `EHR_BENCH_QUICK=1` shrinks the run.
@@ -119,6 +120,16 @@ async fn main() -> Result<()> {
     for _ in 0..reads {
         home.push(read(url_a.clone(), patient.clone()).await?);
     }
+    // The on-chain floor: a denied read is one RequestAccess committed, nothing else.
+    let derm = net.token("hospital-b", "derm-b").await?;
+    let mut denied = Vec::with_capacity(reads);
+    for _ in 0..reads {
+        let t = Instant::now();
+        let r = net.http.get(&url_b).bearer_auth(&derm).send().await?;
+        ensure!(r.status() == 403, "denied read: {}", r.status());
+        let _ = r.bytes().await?;
+        denied.push(t.elapsed());
+    }
 
     println!("\n| operation (sequential, over HTTP) | n | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
@@ -133,6 +144,10 @@ async fn main() -> Result<()> {
     row(
         "home read of the same 1 MiB (RequestAccess + patient key + decrypt)",
         home,
+    );
+    row(
+        "denied read at another org (RequestAccess committed, 403): the on-chain floor",
+        denied,
     );
     net.stop().await
 }

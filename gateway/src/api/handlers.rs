@@ -663,6 +663,7 @@ pub async fn record_content(
     }
     // 0. An unknown record is a plain 404 (nothing written); a record the
     //    caller may not even see still goes to a logged decision.
+    let t0 = std::time::Instant::now();
     let visible = match app
         .chain
         .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
@@ -678,7 +679,9 @@ pub async fn record_content(
         Ok(bytes) => Some(bytes),
     };
     // 1. The decision, on-chain and logged, allowed or denied.
+    let t_meta = t0.elapsed();
     let committed = app.chain.submit(&c.signer, "RequestAccess", &args).await?;
+    let t_decision = t0.elapsed();
     let decision: Value = parse_json(&committed.payload)?;
     let allowed = decision
         .get("allowed")
@@ -737,6 +740,7 @@ pub async fn record_content(
         .parse()
         .map_err(|_| ApiError::bad_gateway("bad capsule reference on-chain"))?;
     let dek = dek_for(&app, &patient_id, &record_id, &event_id, &capsule_cid).await?;
+    let t_dek = t0.elapsed();
     let spool = app.cfg.data_dir.join("spool");
     let file = pipeline::fetch_verified(app.blobs.as_ref(), &cid, &sha, &spool)
         .await
@@ -744,6 +748,13 @@ pub async fn record_content(
     let stream = pipeline::decrypt_file(file, &dek)
         .await
         .map_err(pipeline_error)?;
+    tracing::debug!(
+        metadata_ms = t_meta.as_secs_f64() * 1e3,
+        decision_ms = (t_decision - t_meta).as_secs_f64() * 1e3,
+        key_ms = (t_dek - t_decision).as_secs_f64() * 1e3,
+        fetch_ms = (t0.elapsed() - t_dek).as_secs_f64() * 1e3,
+        "read phases"
+    );
     if let Some(s) = size {
         app.metrics.download_bytes.inc_by(s);
     }
