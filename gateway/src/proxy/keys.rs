@@ -102,21 +102,43 @@ pub async fn pair_for(
         .map_err(ApiError::internal)
 }
 
-/// Registers this org's public keys on-chain (idempotent: unchanged keys
-/// write nothing).
+/// Registers this org's public keys on-chain unless the ledger already has
+/// exactly these (read first: no transaction, no block, on a plain restart).
 pub async fn register(
     chain: &dyn Chain,
     service: &SigningIdentity,
     keys: &OrgKeys,
 ) -> Result<(), ChainError> {
+    register_public(chain, service, &keys.reader.public, &keys.proxy.public).await
+}
+
+async fn register_public(
+    chain: &dyn Chain,
+    service: &SigningIdentity,
+    reader: &[u8],
+    proxy: &[u8],
+) -> Result<(), ChainError> {
+    let (reader, proxy) = (chain_key(reader), chain_key(proxy));
+    match chain
+        .evaluate(service, "GetOrgKeys", &json!({"org": service.msp_id()}))
+        .await
+    {
+        Ok(bytes) => {
+            if let Ok(k) = serde_json::from_slice::<RegisteredKeys>(&bytes)
+                && k.reader_public_key == reader
+                && k.proxy_public_key == proxy
+            {
+                return Ok(());
+            }
+        }
+        Err(ChainError::Rejected { status: 404, .. }) => {}
+        Err(e) => return Err(e),
+    }
     chain
         .submit(
             service,
             "RegisterOrgKeys",
-            &json!({
-                "reader_public_key": chain_key(&keys.reader.public),
-                "proxy_public_key": chain_key(&keys.proxy.public),
-            }),
+            &json!({"reader_public_key": reader, "proxy_public_key": proxy}),
         )
         .await
         .map(|_| ())
@@ -132,15 +154,8 @@ pub async fn register_until_done(
 ) {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
-        let r = chain
-            .submit(
-                &service,
-                "RegisterOrgKeys",
-                &json!({"reader_public_key": chain_key(&reader), "proxy_public_key": chain_key(&proxy)}),
-            )
-            .await;
-        match r {
-            Ok(_) => {
+        match register_public(chain.as_ref(), &service, &reader, &proxy).await {
+            Ok(()) => {
                 tracing::info!("org keys registered on-chain");
                 return;
             }
