@@ -15,15 +15,12 @@
 
 use std::time::Duration;
 
-use ehr_chaincode::contract::model::{AccessEvent, Purpose, Verdict};
-use ehr_chaincode::contract::store::{
-    LOG_BREAK_GLASS, LOG_BY_ACTOR, LOG_BY_ORG, LOG_BY_PATIENT, LOG_BY_TIME,
-};
+use ehr_chaincode::contract::model::AccessEvent;
 use ehr_chaincode::contract::time::Time;
 use ehr_chaincode::contract::{ContractError, page, validate};
 use ehr_chaincode::identity::{Identity, Role};
 use ehr_chaincode::stub::{MAX_UNICODE_RUNE, create_composite_key};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -60,40 +57,14 @@ impl From<ContractError> for AuditError {
     }
 }
 
-/// `QueryAccessLog`'s argument, typed as the chaincode types it.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogArgs {
-    #[serde(default)]
-    pub patient_id: Option<String>,
-    #[serde(default)]
-    pub actor: Option<String>,
-    /// The actor's organisation.
-    #[serde(default)]
-    pub org: Option<String>,
-    #[serde(default)]
-    pub decision: Option<Verdict>,
-    #[serde(default)]
-    pub purpose: Option<Purpose>,
-    #[serde(default)]
-    pub break_glass: Option<bool>,
-    #[serde(default)]
-    pub from: Option<Time>,
-    #[serde(default)]
-    pub to: Option<Time>,
-    #[serde(default)]
-    pub limit: Option<u32>,
-    #[serde(default)]
-    pub bookmark: Option<String>,
-}
+/// `QueryAccessLog`'s argument: the chaincode's own type.
+pub use ehr_chaincode::contract::audit::QueryArgs as LogArgs;
 
-impl LogArgs {
-    /// Parses the JSON the gateway would send to `QueryAccessLog` (a bad
-    /// value is a 400, as the chaincode's own parsing makes it).
-    pub fn from_chaincode_args(args: &Value) -> Result<Self, AuditError> {
-        serde_json::from_value(args.clone())
-            .map_err(|e| AuditError::BadRequest(format!("invalid argument: {e}")))
-    }
+/// Parses the JSON the gateway would send to `QueryAccessLog` (a bad value
+/// is a 400, as the chaincode's own parsing makes it).
+pub fn parse_log_args(args: &Value) -> Result<LogArgs, AuditError> {
+    serde_json::from_value(args.clone())
+        .map_err(|e| AuditError::BadRequest(format!("invalid argument: {e}")))
 }
 
 /// The chaincode's visibility rules for access-log queries, in one place:
@@ -107,47 +78,27 @@ impl LogArgs {
 /// - an admin: entries whose actor's org or patient's home org is theirs;
 /// - an auditor (any org): everything.
 pub fn scope(caller: &Identity, q: &mut LogArgs) -> Result<Visibility, AuditError> {
-    match caller.role {
-        Role::Patient => {
-            if q.patient_id
-                .as_ref()
-                .is_some_and(|p| Some(p) != caller.patient_id.as_ref())
-            {
-                return Err(AuditError::Forbidden(
-                    "a patient may only query their own access log".into(),
-                ));
-            }
-            q.patient_id = caller.patient_id.clone();
-            Ok(match &caller.patient_id {
-                Some(p) => Visibility::Patient {
-                    patient_id: p.clone(),
-                    org: caller.msp_id.clone(),
-                },
-                // The chaincode never issues such an identity; it would see nothing.
-                None => Visibility::Patient {
-                    patient_id: String::new(),
-                    org: String::new(),
-                },
-            })
-        }
-        Role::Clinician => {
-            if q.actor.as_ref().is_some_and(|a| *a != caller.user_id)
-                || q.org.as_ref().is_some_and(|o| *o != caller.msp_id)
-            {
-                return Err(AuditError::Forbidden(
-                    "a clinician may only query their own actions".into(),
-                ));
-            }
-            q.actor = Some(caller.user_id.clone());
-            q.org = Some(caller.msp_id.clone());
-            Ok(Visibility::Actor {
-                actor: caller.user_id.clone(),
+    // What the caller may ask: the chaincode's own rule.
+    ehr_chaincode::contract::audit::scope_query(caller, q)?;
+    Ok(match caller.role {
+        Role::Patient => match &caller.patient_id {
+            Some(p) => Visibility::Patient {
+                patient_id: p.clone(),
                 org: caller.msp_id.clone(),
-            })
-        }
-        Role::Admin => Ok(Visibility::Org(caller.msp_id.clone())),
-        Role::Auditor => Ok(Visibility::All),
-    }
+            },
+            // The chaincode never issues such an identity; it would see nothing.
+            None => Visibility::Patient {
+                patient_id: String::new(),
+                org: String::new(),
+            },
+        },
+        Role::Clinician => Visibility::Actor {
+            actor: caller.user_id.clone(),
+            org: caller.msp_id.clone(),
+        },
+        Role::Admin => Visibility::Org(caller.msp_id.clone()),
+        Role::Auditor => Visibility::All,
+    })
 }
 
 /// Whether `v` lets its caller see `e` (the row-level half of [`scope`]).
@@ -174,17 +125,7 @@ pub struct EventPage {
 
 /// Which index the chaincode scans for `q`, with its key prefix attributes.
 fn index(q: &LogArgs) -> (&'static str, Vec<String>) {
-    if let Some(p) = &q.patient_id {
-        (LOG_BY_PATIENT, vec![p.clone()])
-    } else if let Some(a) = &q.actor {
-        (LOG_BY_ACTOR, vec![a.clone()])
-    } else if let Some(o) = &q.org {
-        (LOG_BY_ORG, vec![o.clone()])
-    } else if q.break_glass == Some(true) {
-        (LOG_BREAK_GLASS, vec![])
-    } else {
-        (LOG_BY_TIME, vec![])
-    }
+    ehr_chaincode::contract::audit::log_index(q)
 }
 
 fn key(object_type: &str, attrs: &[&str]) -> Result<String, AuditError> {
@@ -606,7 +547,7 @@ mod tests {
 
     /// The projection's answer in the chaincode's terms: status and JSON.
     async fn from_projection(db: &Db, who: &Identity, args: &Value) -> (i32, Value) {
-        let q = match LogArgs::from_chaincode_args(args) {
+        let q = match parse_log_args(args) {
             Ok(q) => q,
             Err(_) => return (400, Value::Null),
         };

@@ -29,7 +29,7 @@ use crate::identity::{Identity, Role};
 use crate::stub::MAX_UNICODE_RUNE;
 
 /// `QueryAccessLog` argument.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryArgs {
     #[serde(default)]
@@ -85,7 +85,7 @@ struct ReviewEvent<'a> {
 }
 
 /// Whether the caller may see a log entry at all.
-fn visible(caller: &Identity, e: &AccessEvent) -> bool {
+pub fn visible(caller: &Identity, e: &AccessEvent) -> bool {
     match caller.role {
         Role::Auditor => true,
         Role::Patient => {
@@ -114,24 +114,11 @@ fn matches(q: &QueryArgs, e: &AccessEvent) -> bool {
         && q.to.is_none_or(|t| e.time < t)
 }
 
-/// Queries the access log (see the module docs).
-pub fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, ContractError> {
-    for (field, v) in [
-        ("patient_id", &q.patient_id),
-        ("actor", &q.actor),
-        ("org", &q.org),
-    ] {
-        if let Some(v) = v {
-            check_id(field, v)?;
-        }
-    }
-    let limit = page::limit(q.limit)?;
-    if let (Some(f), Some(t)) = (q.from, q.to)
-        && f >= t
-    {
-        return Err(ContractError::invalid("from must be before to"));
-    }
-    let caller = ctx.caller.clone();
+/// What a caller may ask, by role (see the module docs): a patient only
+/// about themselves and a clinician only about their own actions (the
+/// filters default to them; naming anyone else is 403); admins and
+/// auditors as asked (their rows are narrowed by [`visible`]).
+pub fn scope_query(caller: &Identity, q: &mut QueryArgs) -> Result<(), ContractError> {
     match caller.role {
         Role::Patient => {
             if q.patient_id
@@ -157,18 +144,46 @@ pub fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, ContractErr
         }
         Role::Admin | Role::Auditor => {}
     }
+    Ok(())
+}
 
-    let (object_type, prefix_attrs): (&str, Vec<&str>) = if let Some(p) = &q.patient_id {
-        (LOG_BY_PATIENT, vec![p])
+/// The most selective index a (scoped) query can scan, with its key
+/// prefix attributes: patient, actor, org, break-glass, else time.
+pub fn log_index(q: &QueryArgs) -> (&'static str, Vec<String>) {
+    if let Some(p) = &q.patient_id {
+        (LOG_BY_PATIENT, vec![p.clone()])
     } else if let Some(a) = &q.actor {
-        (LOG_BY_ACTOR, vec![a])
+        (LOG_BY_ACTOR, vec![a.clone()])
     } else if let Some(o) = &q.org {
-        (LOG_BY_ORG, vec![o])
+        (LOG_BY_ORG, vec![o.clone()])
     } else if q.break_glass == Some(true) {
         (LOG_BREAK_GLASS, vec![])
     } else {
         (LOG_BY_TIME, vec![])
-    };
+    }
+}
+
+/// Queries the access log (see the module docs).
+pub(crate) fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, ContractError> {
+    for (field, v) in [
+        ("patient_id", &q.patient_id),
+        ("actor", &q.actor),
+        ("org", &q.org),
+    ] {
+        if let Some(v) = v {
+            check_id(field, v)?;
+        }
+    }
+    let limit = page::limit(q.limit)?;
+    if let (Some(f), Some(t)) = (q.from, q.to)
+        && f >= t
+    {
+        return Err(ContractError::invalid("from must be before to"));
+    }
+    let caller = ctx.caller.clone();
+    scope_query(&caller, &mut q)?;
+    let (object_type, prefix_attrs) = log_index(&q);
+    let prefix_attrs: Vec<&str> = prefix_attrs.iter().map(String::as_str).collect();
     let prefix = store::key(object_type, &prefix_attrs)?;
     let start = match q.from {
         Some(f) => format!("{prefix}{}", f.sort_key()),
@@ -187,7 +202,7 @@ pub fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, ContractErr
 }
 
 /// Records an auditor's review of a break-glass access (once per event).
-pub fn review(ctx: &mut Ctx<'_>, args: ReviewArgs) -> Result<Vec<u8>, ContractError> {
+pub(crate) fn review(ctx: &mut Ctx<'_>, args: ReviewArgs) -> Result<Vec<u8>, ContractError> {
     check_id("event_id", &args.event_id)?;
     let note = normalize_text("note", args.note.as_deref())?;
     if ctx.caller.role != Role::Auditor {

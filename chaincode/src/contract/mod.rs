@@ -11,7 +11,7 @@
 //! `{"code","message"}` JSON in `Response.message`.
 
 mod access;
-mod audit;
+pub mod audit;
 mod consents;
 pub mod decision;
 pub mod error;

@@ -81,18 +81,12 @@ pub async fn token(
     check_len("username", &req.username, 128)?;
     check_len("password", &req.password, 1024)?;
     let user = app.db.user_by_username(&req.username).await?;
-    let hash = match &user {
-        Some(u) => app.db.password_hash(&u.user_id).await?,
-        None => None,
-    };
-    let pw = req.password;
-    let ok = tokio::task::spawn_blocking(move || {
-        // Unknown users cost the same as known ones.
-        let h = hash.as_deref().unwrap_or(password::dummy_hash());
-        password::verify_password(&pw, h) && hash.is_some()
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let ok = password_matches(
+        &app,
+        user.as_ref().map(|u| u.user_id.as_str()),
+        req.password,
+    )
+    .await?;
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => {
@@ -108,6 +102,25 @@ pub async fn token(
         token_type: "Bearer",
         expires_in,
     }))
+}
+
+/// Whether `password` is the password of `user_id` (Argon2id, off the async
+/// threads). Unknown users (`None`) cost the same as known ones.
+pub(crate) async fn password_matches(
+    app: &AppState,
+    user_id: Option<&str>,
+    password: String,
+) -> ApiResult<bool> {
+    let hash = match user_id {
+        Some(u) => app.db.password_hash(u).await?,
+        None => None,
+    };
+    tokio::task::spawn_blocking(move || {
+        let h = hash.as_deref().unwrap_or(password::dummy_hash());
+        password::verify_password(&password, h) && hash.is_some()
+    })
+    .await
+    .map_err(ApiError::internal)
 }
 
 /// The caller.
@@ -1067,7 +1080,7 @@ async fn from_projection(app: &AppState, c: &Caller, args: &Value) -> ApiResult<
         AuditError::Forbidden(m) => Ok(ApiError::forbidden(m)),
         other => Err(other),
     };
-    let q = match audit::LogArgs::from_chaincode_args(args) {
+    let q = match audit::parse_log_args(args) {
         Ok(q) => q,
         Err(e) => return Err(to_api(e).unwrap_or_else(ApiError::internal)),
     };

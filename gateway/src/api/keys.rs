@@ -13,7 +13,6 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, Caller};
-use crate::auth::password;
 use crate::proxy::chain_key;
 
 /// Re-authentication for a key export.
@@ -63,15 +62,7 @@ pub async fn export_key(
     if req.password.len() > 1024 {
         return Err(ApiError::bad_request("password is longer than 1024 bytes"));
     }
-    let hash = app.db.password_hash(&c.user.user_id).await?;
-    let pw = req.password;
-    let ok = tokio::task::spawn_blocking(move || {
-        let h = hash.as_deref().unwrap_or(password::dummy_hash());
-        password::verify_password(&pw, h) && hash.is_some()
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    if !ok {
+    if !super::handlers::password_matches(&app, Some(&c.user.user_id), req.password).await? {
         app.metrics.auth_failures.inc();
         return Err(ApiError::unauthorized("wrong password"));
     }

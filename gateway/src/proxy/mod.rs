@@ -143,6 +143,22 @@ pub fn to_status(e: ApiError) -> tonic::Status {
     tonic::Status::new(code, e.message)
 }
 
+/// A patient as registered on-chain (`GetPatient`, read as this gateway).
+pub async fn patient_on_chain(
+    app: &crate::api::AppState,
+    patient_id: &str,
+) -> ApiResult<serde_json::Value> {
+    let bytes = app
+        .chain
+        .evaluate(
+            &app.service,
+            "GetPatient",
+            &serde_json::json!({"patient_id": patient_id}),
+        )
+        .await?;
+    serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_gateway("unexpected ledger answer"))
+}
+
 /// Hex of a compressed public key with the chain's `0x` prefix.
 pub fn chain_key(pk: &[u8]) -> String {
     format!("0x{}", hex::encode(pk))

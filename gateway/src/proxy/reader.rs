@@ -7,7 +7,6 @@ use ehr_proto::ehr::proxy::v1::key_proxy_client::KeyProxyClient;
 use ehr_proto::ehr::proxy::v1::{CfragResponse, ReencryptRequest, ReleaseRequest};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use serde_json::{Value, json};
 
 use super::{PreGrantView, key_bytes, wire};
 use crate::api::AppState;
@@ -253,16 +252,7 @@ async fn custodian_dek(
     patient_id: &str,
     sealed: &SealedKey,
 ) -> ApiResult<Dek> {
-    let patient: Value = serde_json::from_slice(
-        &app.chain
-            .evaluate(
-                &app.service,
-                "GetPatient",
-                &json!({"patient_id": patient_id}),
-            )
-            .await?,
-    )
-    .map_err(|_| ApiError::bad_gateway("unexpected ledger answer"))?;
+    let patient = super::patient_on_chain(app, patient_id).await?;
     let home = patient["home_org"].as_str().unwrap_or_default().to_owned();
     let patient_pk = umbral_pre::PublicKey::try_from_compressed_bytes(&key_bytes(
         "patient key",

@@ -147,15 +147,7 @@ pub async fn deliver(app: &AppState, req: &SignedRequest) -> ApiResult<DeliverKf
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let patient: Value = parse(
-        &app.chain
-            .evaluate(
-                &app.service,
-                "GetPatient",
-                &json!({"patient_id": patient_id}),
-            )
-            .await?,
-    )?;
+    let patient = super::patient_on_chain(app, &patient_id).await?;
     let keys =
         super::GrantPublicKeys::of(&pre, patient["pre_public_key"].as_str().unwrap_or_default())?;
     let sealed = SealedKfrag {
