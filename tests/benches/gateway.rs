@@ -142,24 +142,29 @@ async fn latency(
 
 /// Fills the access log with `events` denied reads, then times access-log
 /// queries from the projection and from the chaincode.
-async fn audit_queries(net: &Net, events: usize, reps: usize) -> Result<()> {
-    let patient = net.token("hospital-a", "patient-a").await?;
-    let outsider = net.token("hospital-c", "doctor-c").await?;
-    let auditor = net.token("hospital-a", "auditor-a").await?;
-    let admin_b = net.token("hospital-b", "admin").await?;
-    let pid = net.patient_id("patient-a").expect("demo patient");
+/// Uploads a 1 KiB note for the patient; its record id.
+async fn small_record(net: &Net, token: &str, pid: &str) -> Result<String> {
     let r = net
         .http
         .post(format!(
             "{}/patients/{pid}/records?category=note",
             net.api("hospital-a")
         ))
-        .bearer_auth(&patient)
+        .bearer_auth(token)
         .body(data(1024))
         .send()
         .await?;
     let v: Value = r.json().await?;
-    let rid = v["record_id"].as_str().unwrap_or_default().to_owned();
+    Ok(v["record_id"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn audit_queries(net: &Net, events: usize, reps: usize) -> Result<()> {
+    let patient = net.token("hospital-a", "patient-a").await?;
+    let outsider = net.token("hospital-c", "doctor-c").await?;
+    let auditor = net.token("hospital-a", "auditor-a").await?;
+    let admin_b = net.token("hospital-b", "admin").await?;
+    let pid = net.patient_id("patient-a").expect("demo patient");
+    let rid = small_record(net, &patient, &pid).await?;
     let start = Instant::now();
     let fill = rate(
         net,
@@ -254,18 +259,7 @@ async fn main() -> Result<()> {
     let up100 = upload_mib_s(&net, &patient, &pid, &hundred, if quick { 1 } else { 2 }).await?;
 
     // A small record for the decision benchmarks.
-    let r = net
-        .http
-        .post(format!(
-            "{}/patients/{pid}/records?category=note",
-            net.api("hospital-a")
-        ))
-        .bearer_auth(&patient)
-        .body(data(1024))
-        .send()
-        .await?;
-    let v: Value = r.json().await?;
-    let rid = v["record_id"].as_str().unwrap_or_default().to_owned();
+    let rid = small_record(&net, &patient, &pid).await?;
     let n = if quick { 40 } else { 400 };
     let allowed = rate(
         &net,
