@@ -203,9 +203,20 @@ pub struct ServeArgs {
     #[arg(long, env = "EHR_LISTEN", value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
 
-    /// Fabric Gateway endpoint of the ledger, e.g. http://127.0.0.1:7051.
+    /// Fabric Gateway endpoint of the ledger, e.g. http://127.0.0.1:7051 (an `ehr up` devnet)
+    /// or https://peer0.org1.example.com:7051 (a Fabric peer, with --ledger-ca-file).
     #[arg(long, env = "EHR_LEDGER_URL", value_name = "URL")]
     pub ledger_url: String,
+
+    /// PEM file of the CA that signed the peer's TLS certificate (the org's TLS CA); needed
+    /// for an https:// ledger URL.
+    #[arg(long, env = "EHR_LEDGER_CA_FILE", value_name = "FILE")]
+    pub ledger_ca_file: Option<PathBuf>,
+
+    /// Name to check the peer's TLS certificate for, when it is not the URL's host (e.g.
+    /// peer0.org1.example.com for a peer reached at 127.0.0.1).
+    #[arg(long, env = "EHR_LEDGER_TLS_DOMAIN", value_name = "NAME")]
+    pub ledger_tls_domain: Option<String>,
 
     /// Another org's gateway (key proxy protocol and cross-org reads), as ORG=URL (repeat or
     /// comma-separate). Every org that can act as a proxy should be listed.

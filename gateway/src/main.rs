@@ -160,6 +160,8 @@ async fn main() -> anyhow::Result<()> {
                     std::net::SocketAddr::new(ehr_gateway::config::LOCALHOST, defaults::BASE_PORT)
                 }),
                 ledger_url: args.ledger_url,
+                ledger_ca_file: args.ledger_ca_file,
+                ledger_tls_domain: args.ledger_tls_domain,
                 database_url: common.database_url,
                 ipfs_api_url: common.ipfs_api_url,
                 max_upload_bytes: common.max_upload_bytes,

@@ -17,6 +17,10 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub ledger_url: String,
+    /// PEM file of the CA of the peer's TLS certificate (https ledger URLs).
+    pub ledger_ca_file: Option<PathBuf>,
+    /// TLS name to check the peer's certificate for, when not the URL's host.
+    pub ledger_tls_domain: Option<String>,
     pub database_url: Option<String>,
     pub ipfs_api_url: Option<String>,
     pub max_upload_bytes: u64,
@@ -105,6 +109,14 @@ pub async fn start(
         org_cas,
         proxy: cfg.proxy,
     };
+    let ledger_tls = match &cfg.ledger_ca_file {
+        Some(p) => Some(crate::fabric::LedgerTls {
+            ca_pem: std::fs::read_to_string(p)
+                .with_context(|| format!("reading the ledger TLS CA {}", p.display()))?,
+            domain: cfg.ledger_tls_domain.clone(),
+        }),
+        None => None,
+    };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -115,6 +127,7 @@ pub async fn start(
         ca,
         listener,
         ledger_url: cfg.ledger_url.clone(),
+        ledger_tls,
         devnet: None,
         blobs,
         http,

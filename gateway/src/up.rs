@@ -234,6 +234,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Consortium> {
                 ca,
                 listener,
                 ledger_url: ledger_url.clone(),
+                ledger_tls: None,
                 devnet: Some(devnet.clone()),
                 blobs: blobs.clone(),
                 http: http.clone(),
@@ -275,6 +276,8 @@ pub struct GatewayParts {
     pub ca: ehr_ledger::msp::ca::OrgCa,
     pub listener: TcpListener,
     pub ledger_url: String,
+    /// TLS to the ledger (a real Fabric peer); `None` for plaintext.
+    pub ledger_tls: Option<crate::fabric::LedgerTls>,
     /// The in-process ledger, when there is one.
     pub devnet: Option<Arc<Devnet>>,
     pub blobs: Arc<dyn BlobStore>,
@@ -293,6 +296,7 @@ pub async fn start_gateway(p: GatewayParts) -> anyhow::Result<RunningGateway> {
         ca,
         listener,
         ledger_url,
+        ledger_tls,
         devnet,
         blobs,
         http,
@@ -352,8 +356,9 @@ pub async fn start_gateway(p: GatewayParts) -> anyhow::Result<RunningGateway> {
             (Some(i), v)
         }
     };
-    let chain = Arc::new(FabricChain::new(
+    let chain = Arc::new(FabricChain::with_tls(
         &ledger_url,
+        ledger_tls.as_ref(),
         CHANNEL,
         CHAINCODE,
         service.clone(),

@@ -17,6 +17,8 @@ async fn a_separate_gateway_serves_an_org_against_the_ledger() -> Result<()> {
         data_dir: org_dir.clone(),
         listen: "127.0.0.1:0".parse()?,
         ledger_url: net.c.ledger_url.clone(),
+        ledger_ca_file: None,
+        ledger_tls_domain: None,
         database_url: None,
         ipfs_api_url: None,
         max_upload_bytes: 1 << 20,
