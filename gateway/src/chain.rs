@@ -56,6 +56,10 @@ pub enum ChainError {
     /// The ledger could not be reached.
     #[error("ledger unavailable: {0}")]
     Unavailable(String),
+    /// This kind of ledger cannot do it (e.g. hash-chain verification of a
+    /// real Fabric peer's blocks from the gateway).
+    #[error("{0}")]
+    NotSupported(String),
     /// Anything else the transport reported.
     #[error("ledger error: {0}")]
     Other(String),
@@ -153,6 +157,7 @@ impl From<ChainError> for crate::api::error::ApiError {
                 tracing::warn!(error = %e, "ledger unavailable");
                 ApiError::unavailable("ledger unavailable")
             }
+            ChainError::NotSupported(m) => ApiError::not_implemented(m),
             ChainError::Other(_) => ApiError::bad_gateway(e.to_string()),
         }
     }
@@ -188,5 +193,8 @@ mod tests {
             ApiError::from(ChainError::Unavailable("x".into())).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let e = ApiError::from(ChainError::NotSupported("needs the embedded ledger".into()));
+        assert_eq!(e.status, StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(e.message, "needs the embedded ledger");
     }
 }

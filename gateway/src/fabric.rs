@@ -161,6 +161,19 @@ fn blockchain_info_height(mut b: &[u8]) -> Option<u64> {
     Some(0)
 }
 
+/// A peer that cannot reach (or launch) the chaincode: the ledger is
+/// unavailable for this call, not wrong.
+fn chaincode_unreachable(text: &str) -> bool {
+    const SIGNS: [&str; 4] = [
+        "could not launch chaincode",
+        "connection refused",
+        "chaincode registration failed",
+        "timeout expired while starting chaincode",
+    ];
+    let t = text.to_ascii_lowercase();
+    SIGNS.iter().any(|s| t.contains(s))
+}
+
 fn map_err(e: ClientError) -> ChainError {
     match &e {
         ClientError::Connect(_) => ChainError::Unavailable(e.to_string()),
@@ -177,7 +190,24 @@ fn map_err(e: ClientError) -> ChainError {
                     code: "forbidden".into(),
                     message: s.message().to_owned(),
                 },
-                _ => ChainError::Other(e.to_string()),
+                _ => {
+                    // Fabric's Endorse/Evaluate say "see attached details":
+                    // the peer's reason is in the gateway.ErrorDetails.
+                    let details: Vec<String> = ehr_ledger::rpc_error::error_details(s)
+                        .into_iter()
+                        .map(|d| format!("{} ({}): {}", d.address, d.msp_id, d.message))
+                        .collect();
+                    let text = if details.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{}: {}", s.message(), details.join("; "))
+                    };
+                    if chaincode_unreachable(&text) {
+                        ChainError::Unavailable(text)
+                    } else {
+                        ChainError::Other(text)
+                    }
+                }
             }
         }
         _ => ChainError::Other(e.to_string()),
@@ -236,8 +266,8 @@ impl Chain for FabricChain {
 
     async fn verify_chain(&self) -> Result<ChainVerification, ChainError> {
         let Some(devnet) = &self.devnet else {
-            return Err(ChainError::Unavailable(
-                "hash-chain verification needs the embedded ledger".into(),
+            return Err(ChainError::NotSupported(
+                "hash-chain verification needs the embedded ledger (ehr up); verify a Fabric peer's chain with its own tools".into(),
             ));
         };
         let d = devnet.clone();
@@ -256,8 +286,8 @@ impl Chain for FabricChain {
 
     async fn tx_proof(&self, tx_id: &str) -> Result<Option<crate::chain::TxProofView>, ChainError> {
         let Some(devnet) = &self.devnet else {
-            return Err(ChainError::Unavailable(
-                "transaction proofs need the embedded ledger".into(),
+            return Err(ChainError::NotSupported(
+                "transaction proofs need the embedded ledger (ehr up)".into(),
             ));
         };
         let d = devnet.clone();
@@ -350,6 +380,52 @@ mod tests {
     use super::*;
 
     use ehr_ledger::rpc_error::{Operation, chaincode_error};
+
+    /// A real peer whose chaincode server is down answers Endorse/Evaluate
+    /// with a generic message and the reason only in its ErrorDetails.
+    #[test]
+    fn an_unreachable_chaincode_is_unavailable_with_the_peers_reason() {
+        use ehr_ledger::rpc_error::{ERROR_DETAIL_TYPE_URL, RpcStatus};
+        use prost::Message;
+        let status = |reason: &str| {
+            let top = "failed to evaluate transaction, see attached details for more info";
+            let detail = ehr_proto::gateway::ErrorDetail {
+                address: "peer0.hospital-a.example.com:7051".into(),
+                msp_id: "hospital-a".into(),
+                message: reason.into(),
+            };
+            let rpc = RpcStatus {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: top.into(),
+                details: vec![prost_types::Any {
+                    type_url: ERROR_DETAIL_TYPE_URL.into(),
+                    value: detail.encode_to_vec(),
+                }],
+            };
+            tonic::Status::with_details(
+                tonic::Code::FailedPrecondition,
+                top,
+                rpc.encode_to_vec().into(),
+            )
+        };
+        let down = status(
+            "could not launch chaincode ehr_1.0:ab12: error starting container: dial tcp 127.0.0.1:9999: connect: connection refused",
+        );
+        match map_err(ClientError::Status(down)) {
+            ChainError::Unavailable(m) => {
+                assert!(
+                    m.contains("127.0.0.1:9999") && m.contains("hospital-a"),
+                    "{m}"
+                )
+            }
+            other => panic!("mapped to {other:?}"),
+        }
+        // Another failure keeps its reason too, as a ledger error.
+        match map_err(ClientError::Status(status("some other peer failure"))) {
+            ChainError::Other(m) => assert!(m.contains("some other peer failure"), "{m}"),
+            other => panic!("mapped to {other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn https_ledgers_need_their_tls_ca_and_http_ones_none() {

@@ -82,13 +82,13 @@ pub fn enroll(ca: &OrgCa, kek: &Kek, user: &User) -> Result<IdentityRow, Identit
         all.insert(attrs::PATIENT_ID.into(), p.clone());
     }
     let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let cert_role = if user.role == "admin" {
-        CertRole::Admin
-    } else {
-        CertRole::Client
-    };
+    // Always a Fabric *client* (OU=client), also for ehrchain admins and the
+    // gateway's own service identity: the contract reads `ehr.role`, never
+    // the OU, and an OU=admin certificate would make its holder an admin of
+    // the Fabric org (channel config updates, lifecycle) wherever the org's
+    // MSP accepts this CA.
     let id = ca
-        .issue(&user.user_id, cert_role, &pairs)
+        .issue(&user.user_id, CertRole::Client, &pairs)
         .map_err(|e| IdentityError::Ca(e.to_string()))?;
     let key_pem = Zeroizing::new(
         id.key_pkcs8_pem()
@@ -147,6 +147,23 @@ mod tests {
         };
         let row = enroll(&ca, &kek, &user).unwrap();
         let s = signer(&row, &kek).unwrap();
+        // Admins too are Fabric clients, never org admins.
+        let admin = User {
+            user_id: "u-root".into(),
+            username: "root".into(),
+            role: "admin".into(),
+            attributes: serde_json::Map::new(),
+            patient_id: None,
+        };
+        let arow = enroll(&ca, &kek, &admin).unwrap();
+        let aid = Msp::new([ca.org_msp().unwrap()])
+            .deserialize(signer(&arow, &kek).unwrap().serialized())
+            .unwrap();
+        assert!(aid.has_role("client") && !aid.has_role("admin"));
+        assert_eq!(
+            aid.attrs.get(attrs::ROLE).map(String::as_str),
+            Some("admin")
+        );
         let msp = Msp::new([ca.org_msp().unwrap()]);
         let id = msp.deserialize(s.serialized()).unwrap();
         assert_eq!(id.msp_id, "hospital-b");

@@ -77,14 +77,14 @@ async fn a_separate_gateway_serves_an_org_against_the_ledger() -> Result<()> {
             .and_then(|v| v.to_str().ok()),
         Some("projection")
     );
-    // Without the embedded ledger, hash-chain verification is unavailable (503), not wrong.
+    // Without the embedded ledger, hash-chain verification is not offered (501), not wrong.
     let r = net
         .http
         .get(format!("{}/api/v1/ledger/verify", g.url))
         .bearer_auth(&token)
         .send()
         .await?;
-    assert_eq!(r.status(), 503);
+    assert_eq!(r.status(), 501);
     let _ = stop.send(true);
     g.join().await;
     net.stop().await

@@ -76,6 +76,10 @@ impl ApiError {
     pub fn bad_gateway(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "bad_gateway", m)
     }
+    /// 501: this deployment cannot do it (not an error of the request).
+    pub fn not_implemented(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", m)
+    }
     /// 503.
     pub fn unavailable(m: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)

@@ -1240,7 +1240,7 @@ async fn audit_events_page(
 
 /// Verifies the ledger's hash chain.
 #[utoipa::path(get, path = "/api/v1/ledger/verify", security(("bearer" = [])),
-    responses((status = 200, description = "{height, verified, first_bad_block?}"), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "{height, verified, first_bad_block?}"), (status = 501, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn ledger_verify(State(app): State<AppState>, _c: Caller) -> ApiResult<Json<Value>> {
     let v = app.chain.verify_chain().await?;
     Ok(Json(
@@ -1250,7 +1250,7 @@ pub async fn ledger_verify(State(app): State<AppState>, _c: Caller) -> ApiResult
 
 /// Where an access event's transaction sits in the ledger's hash chain.
 #[utoipa::path(get, path = "/api/v1/audit/events/{event_id}/proof", params(("event_id" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, description = "{tx_id, block, block_hash, verified}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "{tx_id, block, block_hash, verified}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 501, body = ErrorBody)))]
 pub async fn event_proof(
     State(app): State<AppState>,
     c: Caller,

@@ -172,6 +172,7 @@ async fn error_shape(resp: Response) -> Response {
         413 => "payload_too_large",
         415 => "unsupported_media_type",
         422 => "unprocessable",
+        501 => "not_implemented",
         503 => "unavailable",
         s if s >= 500 => "internal",
         _ => "bad_request",

@@ -77,12 +77,11 @@ pub fn open<M: Message + Default>(
             "the caller's certificate is not valid now",
         ));
     }
-    let is_service = who.has_role("admin")
-        && who
-            .attrs
-            .get(crate::identity::attrs::USER_ID)
-            .map(String::as_str)
-            == Some(SERVICE_USER);
+    // The gateway's service identity: ehrchain role admin, user `gateway`
+    // (attributes, as the contract reads them; its certificate is OU=client).
+    let attr = |k: &str| who.attrs.get(k).map(String::as_str);
+    let is_service = attr(crate::identity::attrs::ROLE) == Some("admin")
+        && attr(crate::identity::attrs::USER_ID) == Some(SERVICE_USER);
     if !is_service {
         return Err(ApiError::forbidden(
             "only a gateway's service identity may call the key proxy",
@@ -140,9 +139,9 @@ mod tests {
         cas.insert("org-b".to_owned(), b.cert_pem().to_owned());
         (
             consortium_msp(&cas).unwrap(),
-            id(&a, SERVICE_USER, "admin", CertRole::Admin),
+            id(&a, SERVICE_USER, "admin", CertRole::Client),
             id(&a, "u-doc", "clinician", CertRole::Client),
-            id(&rogue, SERVICE_USER, "admin", CertRole::Admin),
+            id(&rogue, SERVICE_USER, "admin", CertRole::Client),
         )
     }
 
@@ -193,6 +192,23 @@ mod tests {
         // A clinician, not a gateway.
         let s = sign(&doc, "Reencrypt", &req("Reencrypt", "org-b"));
         assert_eq!(code(open_r(&msp, &s)), 403);
+        // …also when its user id is the service's.
+        let a = OrgCa::generate("org-a", "org-a").unwrap();
+        let mut cas = std::collections::BTreeMap::new();
+        cas.insert("org-a".to_owned(), a.cert_pem().to_owned());
+        let msp_a = consortium_msp(&cas).unwrap();
+        let fake = a
+            .issue(
+                SERVICE_USER,
+                CertRole::Client,
+                &[
+                    (crate::identity::attrs::USER_ID, SERVICE_USER),
+                    (crate::identity::attrs::ROLE, "clinician"),
+                ],
+            )
+            .unwrap();
+        let s = sign(&fake, "Reencrypt", &req("Reencrypt", "org-b"));
+        assert_eq!(code(open_r(&msp_a, &s)), 403);
         // A certificate from a CA outside the consortium.
         let s = sign(&rogue, "Reencrypt", &req("Reencrypt", "org-b"));
         assert_eq!(code(open_r(&msp, &s)), 401);
