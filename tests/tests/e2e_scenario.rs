@@ -160,6 +160,10 @@ async fn scenario(services: Services) -> Result<()> {
                 !e["reason"].as_str().unwrap_or_default().is_empty(),
                 "{who}: reason in {e}"
             );
+            assert!(
+                e["block"].as_u64().is_some_and(|b| b > 0),
+                "{who}: block number in {e}"
+            );
             let actor_user = net
                 .c
                 .demo_users

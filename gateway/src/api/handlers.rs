@@ -1057,17 +1057,46 @@ async fn access_log_page(
     args: &Value,
     source: LogSource,
 ) -> ApiResult<(Value, &'static str)> {
-    if source == LogSource::Auto
-        && let Some(page) = from_projection(app, c, args).await?
-    {
-        return Ok((page, "projection"));
-    }
-    let page = parse_json(
+    let (mut page, source) = match source {
+        LogSource::Auto => match from_projection(app, c, args).await? {
+            Some(page) => (page, "projection"),
+            None => (ledger_log_page(app, c, args).await?, "ledger"),
+        },
+        _ => (ledger_log_page(app, c, args).await?, "ledger"),
+    };
+    add_blocks(app, &mut page).await?;
+    Ok((page, source))
+}
+
+async fn ledger_log_page(app: &AppState, c: &Caller, args: &Value) -> ApiResult<Value> {
+    parse_json(
         &app.chain
             .evaluate(&c.signer, "QueryAccessLog", args)
             .await?,
-    )?;
-    Ok((page, "ledger"))
+    )
+}
+
+/// Adds each event's `block` (API.md) from the projection; an event not
+/// projected yet (a ledger answer ahead of it) goes without.
+async fn add_blocks(app: &AppState, page: &mut Value) -> ApiResult<()> {
+    let Some(events) = page.get_mut("events").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let ids: Vec<String> = events
+        .iter()
+        .filter_map(|e| e.get("tx_id").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let blocks = app.db.blocks_of(&ids).await?;
+    for e in events.iter_mut() {
+        let b = e
+            .get("tx_id")
+            .and_then(Value::as_str)
+            .and_then(|t| blocks.get(t).copied());
+        if let (Some(b), Some(obj)) = (b, e.as_object_mut()) {
+            obj.insert("block".into(), b.into());
+        }
+    }
+    Ok(())
 }
 
 /// The projection's answer; `None` (logged) when it cannot answer exactly

@@ -144,6 +144,31 @@ impl Db {
         Ok(row.map(|r| r.try_get("block")).transpose()?)
     }
 
+    /// The block of each projected transaction among `tx_ids` (those not
+    /// projected yet are absent). Batches of 200 ids per query.
+    pub async fn blocks_of(
+        &self,
+        tx_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>, DbError> {
+        use sqlx::Row;
+        let mut out = std::collections::HashMap::new();
+        for chunk in tx_ids.chunks(200) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT DISTINCT tx_id, block FROM ledger_events WHERE tx_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for r in q.fetch_all(self.pool()).await? {
+                out.insert(r.try_get("tx_id")?, r.try_get("block")?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Projected events matching `f`, ordered by (block, tx_id).
     pub async fn query_events(&self, f: &EventFilter) -> Result<Vec<ProjectedEvent>, DbError> {
         let mut sql = String::from(
