@@ -75,6 +75,20 @@ async fn bad_input_is_4xx_with_the_error_shape_and_writes_nothing() -> Result<()
         // Invalid CIDs where an id is expected.
         (Method::GET, format!("{api}/records/bafy-not-a-cid!!/content"), Some(&patient), "", vec![], &[400]),
         (Method::GET, format!("{api}/records/QmNotACid%00/content"), Some(&patient), "", vec![], &[400]),
+        // Key grants, key export, erasure.
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"key_grant":"yes"}"#.to_vec(), &[400]),
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"key_grant":{"threshold":5,"shares":3}}"#.to_vec(), &[400]),
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"key_grant":{"shares":17}}"#.to_vec(), &[400]),
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"key_grant":{"proxies":["hospital-a","hospital-a"]}}"#.to_vec(), &[400]),
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"key_grant":{"proxies":["hospital-z"]}}"#.to_vec(), &[422]),
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"key_grant":{"colour":"red"}}"#.to_vec(), &[400]),
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"pre":{}}"#.to_vec(), &[400]),
+        (Method::POST, format!("{api}/patients/{pid}/consents"), Some(&patient), "application/json", br#"{"grantee":{"type":"org","org":"hospital-b"},"scope":{"categories":["lab"]},"actions":["read"],"purposes":["TREAT"],"key_grant":{"pre":{"grantee_public_key":"0x02","threshold":1,"shares":1,"proxies":["hospital-a"],"kfrag_commitments":["ab"]},"sealed_kfrags":[{"org":"hospital-a","capsule":"!!","ciphertext":"AA=="}]}}"#.to_vec(), &[400, 422]),
+        (Method::POST, format!("{api}/me/key/export"), Some(&patient), "application/json", b"{}".to_vec(), &[400, 422]),
+        (Method::POST, format!("{api}/me/key/export"), Some(&patient), "application/json", json!({"password": long}).to_string().into_bytes(), &[400, 401]),
+        (Method::POST, format!("{api}/me/key/export"), Some(&admin), "application/json", br#"{"password":"x"}"#.to_vec(), &[403]),
+        (Method::DELETE, format!("{api}/records/..%2F..%2Fetc/content"), Some(&patient), "", vec![], &[400, 404]),
+        (Method::DELETE, format!("{api}/records/r-000000000000000000000000/content"), Some(&patient), "", vec![], &[403, 404]),
         // Over-long strings and bad parameters.
         (Method::POST, format!("{api}/auth/token"), None, "application/json", json!({"username": long, "password": "x"}).to_string().into_bytes(), &[400, 401]),
         (Method::GET, format!("{api}/records/{}/content", "r".repeat(500)), Some(&patient), "", vec![], &[400]),
