@@ -85,9 +85,7 @@ pub async fn grant_with_own_key(
     shares: u32,
 ) -> anyhow::Result<serde_json::Value> {
     use crate::crypto::sealer::UmbralKeyPair;
-    use crate::crypto::threshold::{
-        ProxyKey, ThresholdGrant, public_key_from_bytes, secret_key_of,
-    };
+    use crate::crypto::threshold::{ProxyKey, ThresholdGrant, secret_key_of};
     use base64::Engine;
     let base = format!("{}/api/v1", gateway.trim_end_matches('/'));
     let grantee_org = consent["grantee"]["org"]
@@ -113,8 +111,7 @@ pub async fn grant_with_own_key(
         crate::proxy::grantor::choose_proxies(&registered, &grantee_org, None, shares as usize)
             .map_err(|e| anyhow::anyhow!(e.message))?;
     let pk = |s: &str| -> anyhow::Result<umbral_pre::PublicKey> {
-        let b = crate::proxy::key_bytes("key", s).map_err(|e| anyhow::anyhow!(e.message))?;
-        public_key_from_bytes(&b).map_err(|e| anyhow::anyhow!("{e}"))
+        crate::proxy::chain_public_key("key", s).map_err(|e| anyhow::anyhow!(e.message))
     };
     let grantee = registered
         .get(&grantee_org)

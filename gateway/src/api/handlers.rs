@@ -20,22 +20,25 @@ use crate::db::uploads::UploadState;
 use crate::db::users::User;
 use crate::pipeline::{self, PipelineError};
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+/// A chaincode answer as JSON (anything else is the ledger's fault: 502).
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_gateway(format!("unexpected ledger answer: {e}")))
 }
 
 /// The patient's Umbral public key from a `GetPatient` answer (`0x` + hex).
 fn patient_public_key(patient: &Value) -> ApiResult<Vec<u8>> {
-    patient
-        .get("pre_public_key")
-        .and_then(Value::as_str)
-        .and_then(|s| s.strip_prefix("0x"))
-        .and_then(|s| hex::decode(s).ok())
-        .ok_or_else(|| ApiError::bad_gateway("patient has no usable public key"))
+    crate::proxy::key_bytes(
+        "patient key",
+        patient
+            .get("pre_public_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )
 }
 
-fn random_id(prefix: &str) -> String {
+/// `prefix` + 24 random hex digits: new user, patient, record and consent ids.
+pub(crate) fn random_id(prefix: &str) -> String {
     let b: [u8; 12] = rand::random();
     format!("{prefix}{}", hex::encode(b))
 }
@@ -784,9 +787,13 @@ pub async fn record_content(
 
 /// Loads a record's sealed key blob (capsule + encrypted DEK).
 async fn load_sealed(app: &AppState, capsule_cid: &ehr_ipfs::Cid) -> ApiResult<SealedKey> {
-    let bytes = pipeline::get_small(app.blobs.as_ref(), capsule_cid, 64 * 1024)
-        .await
-        .map_err(|_| ApiError::bad_gateway("sealed key blob missing or corrupt"))?;
+    let bytes = pipeline::get_small(
+        app.blobs.as_ref(),
+        capsule_cid,
+        crate::crypto::sealer::MAX_SEALED_KEY_BYTES,
+    )
+    .await
+    .map_err(|_| ApiError::bad_gateway("sealed key blob missing or corrupt"))?;
     serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_gateway("malformed sealed key"))
 }
 
@@ -801,12 +808,7 @@ async fn dek_for(
     capsule_cid: &ehr_ipfs::Cid,
 ) -> ApiResult<Dek> {
     let sealed = load_sealed(app, capsule_cid).await?;
-    if let Some(patient) = app.db.user_by_patient(patient_id).await? {
-        let row = app
-            .db
-            .identity(&patient.user_id)
-            .await?
-            .ok_or_else(|| ApiError::internal("patient without identity"))?;
+    if let Some(row) = app.db.patient_identity(patient_id).await? {
         let keys = crate::identity::umbral_keys(&row, &app.kek).map_err(ApiError::internal)?;
         return UmbralSealer
             .open(&keys.secret, &sealed)

@@ -49,6 +49,10 @@ pub trait KeySealer: Send + Sync {
     fn open(&self, recipient_sk: &[u8], sealed: &SealedKey) -> Result<Dek, SealError>;
 }
 
+/// The largest sealed key blob read back (a capsule and an encrypted
+/// 32-byte DEK, as JSON, are well under 1 KiB).
+pub const MAX_SEALED_KEY_BYTES: usize = 64 * 1024;
+
 /// The scheme id of [`UmbralSealer`].
 pub const UMBRAL_SCHEME: &str = "umbral-pre-0.11";
 

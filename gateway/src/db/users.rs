@@ -133,6 +133,21 @@ impl Db {
         row.as_ref().map(user_from_row).transpose()
     }
 
+    /// The enrolled identity of the patient registered here as
+    /// `patient_id` (`None`: not a patient of this gateway).
+    pub async fn patient_identity(&self, patient_id: &str) -> Result<Option<IdentityRow>, DbError> {
+        let Some(user) = self.user_by_patient(patient_id).await? else {
+            return Ok(None);
+        };
+        match self.identity(&user.user_id).await? {
+            Some(row) => Ok(Some(row)),
+            None => Err(DbError::Corrupt(format!(
+                "patient user {} has no identity",
+                user.user_id
+            ))),
+        }
+    }
+
     /// Number of users.
     pub async fn user_count(&self) -> Result<i64, DbError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM users")

@@ -18,9 +18,7 @@ use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::chain::{ChainError, SigningIdentity};
 use crate::crypto::sealer::SealedKey;
-use crate::crypto::threshold::{
-    MAX_SHARES, PreGrant, ProxyKey, ThresholdGrant, public_key_from_bytes, secret_key_of,
-};
+use crate::crypto::threshold::{MAX_SHARES, PreGrant, ProxyKey, ThresholdGrant, secret_key_of};
 
 /// A grant that never reached the ledger is forgotten after this long.
 pub const ORPHAN_AFTER_SECS: i64 = 120;
@@ -148,31 +146,24 @@ pub async fn prepare(
         .or(opts.proxies.as_ref().map(|p| p.len() as u32))
         .unwrap_or(settings.shares);
     let threshold = opts.threshold.unwrap_or(settings.threshold.min(shares));
-    if !(1 <= threshold && threshold <= shares && shares as usize <= MAX_SHARES) {
-        return Err(ApiError::bad_request(format!(
-            "key_grant needs 1 <= threshold <= shares <= {MAX_SHARES} (got {threshold} of {shares})"
-        )));
+    super::ProxySettings {
+        threshold,
+        shares,
+        ..settings
     }
-    let patient = app.db.user_by_patient(patient_id).await?.ok_or_else(|| {
+    .validate()
+    .map_err(|m| ApiError::bad_request(format!("key_grant: {m}")))?;
+    let row = app.db.patient_identity(patient_id).await?.ok_or_else(|| {
         ApiError::conflict(
             "this gateway does not hold the patient's key: grants are made at the patient's home gateway",
         )
     })?;
-    let row = app
-        .db
-        .identity(&patient.user_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("patient without identity"))?;
     let pair = crate::identity::umbral_keys(&row, &app.kek).map_err(ApiError::internal)?;
     let registered = keys::consortium(app.chain.as_ref(), &app.service).await?;
-    let grantee = registered.get(grantee_org).ok_or_else(|| {
-        ApiError::unprocessable(format!(
-            "organisation {grantee_org:?} has not registered its keys on-chain"
-        ))
-    })?;
-    let grantee_pk =
-        public_key_from_bytes(&super::key_bytes("reader key", &grantee.reader_public_key)?)
-            .map_err(|_| ApiError::bad_gateway("malformed reader key on-chain"))?;
+    let grantee_pk = super::chain_public_key(
+        "reader key",
+        &grantee_keys(&registered, grantee_org)?.reader_public_key,
+    )?;
     let proxies = choose_proxies(
         &registered,
         grantee_org,
@@ -184,8 +175,7 @@ pub async fn prepare(
         let k = &registered[org];
         proxy_keys.push(ProxyKey {
             org: org.clone(),
-            public_key: public_key_from_bytes(&super::key_bytes("proxy key", &k.proxy_public_key)?)
-                .map_err(|_| ApiError::bad_gateway("malformed proxy key on-chain"))?,
+            public_key: super::chain_public_key("proxy key", &k.proxy_public_key)?,
         });
     }
     let sk = secret_key_of(&pair).map_err(ApiError::internal)?;
@@ -193,19 +183,43 @@ pub async fn prepare(
     let grant =
         ThresholdGrant::generate(&sk, &signer, &grantee_pk, &proxy_keys, threshold as usize)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let consent_id = format!("c-{}", hex::encode(rand::random::<[u8; 12]>()));
-    let mut items = Vec::with_capacity(grant.sealed_kfrags.len());
-    for s in &grant.sealed_kfrags {
+    queue(
+        app,
+        grant.metadata,
+        grant.sealed_kfrags.iter().map(|s| (&s.org, &s.ciphertext)),
+    )
+    .await
+}
+
+/// `org`'s registered keys (422 when it registered none).
+fn grantee_keys<'a>(
+    registered: &'a std::collections::BTreeMap<String, RegisteredKeys>,
+    org: &str,
+) -> ApiResult<&'a RegisteredKeys> {
+    registered.get(org).ok_or_else(|| {
+        ApiError::unprocessable(format!(
+            "organisation {org:?} has not registered its keys on-chain"
+        ))
+    })
+}
+
+/// Queues a grant's sealed kfrags (one per proxy org) in the outbox under a
+/// new consent id, before the grant is submitted.
+async fn queue<'a>(
+    app: &AppState,
+    pre: PreGrant,
+    sealed: impl Iterator<Item = (&'a String, &'a SealedKey)>,
+) -> ApiResult<Prepared> {
+    let mut items = Vec::new();
+    for (org, key) in sealed {
         items.push((
-            s.org.clone(),
-            serde_json::to_string(&s.ciphertext).map_err(ApiError::internal)?,
+            org.clone(),
+            serde_json::to_string(key).map_err(ApiError::internal)?,
         ));
     }
+    let consent_id = crate::api::handlers::random_id("c-");
     app.db.outbox_put(&consent_id, &items).await?;
-    Ok(Prepared {
-        consent_id,
-        pre: grant.metadata,
-    })
+    Ok(Prepared { consent_id, pre })
 }
 
 /// A grant whose kfrags the patient's own client made: checks that it is
@@ -250,12 +264,10 @@ async fn accept_client_grant(
         ));
     }
     let registered = keys::consortium(app.chain.as_ref(), &app.service).await?;
-    let grantee = registered.get(grantee_org).ok_or_else(|| {
-        ApiError::unprocessable(format!(
-            "organisation {grantee_org:?} has not registered its keys on-chain"
-        ))
-    })?;
-    let want = super::key_bytes("reader key", &grantee.reader_public_key)?;
+    let want = super::key_bytes(
+        "reader key",
+        &grantee_keys(&registered, grantee_org)?.reader_public_key,
+    )?;
     let got = pre
         .grantee_public_key
         .strip_prefix("0x")
@@ -274,7 +286,7 @@ async fn accept_client_grant(
         }
     }
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut items = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
     for s in sealed {
         let bad = || ApiError::bad_request(format!("sealed kfrag for {:?} is not base64", s.org));
         let key = SealedKey {
@@ -285,17 +297,9 @@ async fn accept_client_grant(
         if key.capsule.len() > 4096 || key.ciphertext.len() > 4096 {
             return Err(ApiError::bad_request("sealed kfrags are at most 4 KiB"));
         }
-        items.push((
-            s.org.clone(),
-            serde_json::to_string(&key).map_err(ApiError::internal)?,
-        ));
+        keys.push((&s.org, key));
     }
-    let consent_id = format!("c-{}", hex::encode(rand::random::<[u8; 12]>()));
-    app.db.outbox_put(&consent_id, &items).await?;
-    Ok(Prepared {
-        consent_id,
-        pre: pre.clone(),
-    })
+    queue(app, pre.clone(), keys.iter().map(|(o, k)| (*o, k))).await
 }
 
 /// The grant was not recorded: forget its kfrags.
@@ -400,8 +404,7 @@ async fn consent_active(
         .await
     {
         Ok(b) => {
-            let v: Value = serde_json::from_slice(&b)
-                .map_err(|_| ApiError::bad_gateway("unexpected ledger answer"))?;
+            let v: Value = crate::api::handlers::parse_json(&b)?;
             Ok(Some(v["status"] == "active"))
         }
         Err(ChainError::Rejected { status: 404, .. }) => Ok(None),

@@ -127,7 +127,7 @@ impl ProxyState {
     }
 }
 
-/// Maps an API error to a gRPC status (and back, for the client side).
+/// Maps an API error to the gRPC status a proxy answers with.
 pub fn to_status(e: ApiError) -> tonic::Status {
     use tonic::Code;
     let code = match e.status.as_u16() {
@@ -148,15 +148,15 @@ pub async fn patient_on_chain(
     app: &crate::api::AppState,
     patient_id: &str,
 ) -> ApiResult<serde_json::Value> {
-    let bytes = app
-        .chain
-        .evaluate(
-            &app.service,
-            "GetPatient",
-            &serde_json::json!({"patient_id": patient_id}),
-        )
-        .await?;
-    serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_gateway("unexpected ledger answer"))
+    crate::api::handlers::parse_json(
+        &app.chain
+            .evaluate(
+                &app.service,
+                "GetPatient",
+                &serde_json::json!({"patient_id": patient_id}),
+            )
+            .await?,
+    )
 }
 
 /// Hex of a compressed public key with the chain's `0x` prefix.
@@ -170,6 +170,12 @@ pub fn key_bytes(what: &str, s: &str) -> ApiResult<Vec<u8>> {
         .and_then(|h| hex::decode(h).ok())
         .filter(|b| b.len() == 33)
         .ok_or_else(|| ApiError::bad_gateway(format!("malformed {what} on-chain")))
+}
+
+/// An Umbral public key from its `0x`-hex on-chain form.
+pub fn chain_public_key(what: &str, s: &str) -> ApiResult<umbral_pre::PublicKey> {
+    crate::crypto::threshold::public_key_from_bytes(&key_bytes(what, s)?)
+        .map_err(|_| ApiError::bad_gateway(format!("malformed {what} on-chain")))
 }
 
 /// The chain's answer to `GetPreGrant`: what a proxy (or the reader's
@@ -244,18 +250,14 @@ impl GrantPublicKeys {
         pre: &crate::crypto::threshold::PreGrant,
         patient_public_key: &str,
     ) -> ApiResult<Self> {
-        let pk = |what: &str, s: &str| -> ApiResult<umbral_pre::PublicKey> {
-            umbral_pre::PublicKey::try_from_compressed_bytes(&key_bytes(what, s)?)
-                .map_err(|_| ApiError::bad_gateway(format!("malformed {what} on-chain")))
-        };
         let verifying = pre
             .verifying_key
             .as_deref()
             .ok_or_else(|| ApiError::bad_gateway("the grant has no verifying key on-chain"))?;
         Ok(Self {
-            verifying: pk("verifying key", verifying)?,
-            delegating: pk("patient key", patient_public_key)?,
-            receiving: pk("grantee key", &pre.grantee_public_key)?,
+            verifying: chain_public_key("verifying key", verifying)?,
+            delegating: chain_public_key("patient key", patient_public_key)?,
+            receiving: chain_public_key("grantee key", &pre.grantee_public_key)?,
         })
     }
 }

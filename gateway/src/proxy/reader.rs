@@ -254,11 +254,10 @@ async fn custodian_dek(
 ) -> ApiResult<Dek> {
     let patient = super::patient_on_chain(app, patient_id).await?;
     let home = patient["home_org"].as_str().unwrap_or_default().to_owned();
-    let patient_pk = umbral_pre::PublicKey::try_from_compressed_bytes(&key_bytes(
+    let patient_pk = super::chain_public_key(
         "patient key",
         patient["pre_public_key"].as_str().unwrap_or_default(),
-    )?)
-    .map_err(|_| ApiError::bad_gateway("malformed patient key on-chain"))?;
+    )?;
     let r = call_proxy(app, &home, "Release", event_id, record_id)
         .await
         .map_err(|f| match f {
@@ -270,7 +269,7 @@ async fn custodian_dek(
                 summarise(&[(home.clone(), other)])
             )),
         })?;
-    let verifying = umbral_pre::PublicKey::try_from_compressed_bytes(&r.verifying_key)
+    let verifying = crate::crypto::threshold::public_key_from_bytes(&r.verifying_key)
         .map_err(|_| ApiError::bad_gateway("malformed key release answer"))?;
     let reader = &app.proxy.keys.reader;
     let reader_sk = secret_key_of(reader).map_err(ApiError::internal)?;

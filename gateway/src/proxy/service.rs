@@ -20,8 +20,9 @@ use super::{MAX_EVENT_AGE_SECS, PreGrantView, to_status, wire};
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::check_id;
+use crate::api::handlers::parse_json;
 use crate::chain::ChainError;
-use crate::crypto::sealer::{SealedKey, UMBRAL_SCHEME};
+use crate::crypto::sealer::{MAX_SEALED_KEY_BYTES, SealedKey, UMBRAL_SCHEME};
 use crate::crypto::threshold::{
     self, SealedKfrag, ThresholdError, capsule_of_blob, custodial_cfrag, open_kfrag,
 };
@@ -29,8 +30,6 @@ use crate::db::proxy::{HeldKfrag, KeyPurpose};
 
 /// Largest request a gateway accepts from another (sealed kfrags are < 1 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Largest sealed key blob read (a capsule + an encrypted 32-byte DEK).
-const MAX_SEALED_BLOB: usize = 64 * 1024;
 
 /// The service over a gateway's state.
 pub struct KeyProxyService {
@@ -102,8 +101,18 @@ fn threshold_error(e: ThresholdError) -> ApiError {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|_| ApiError::bad_gateway("unexpected ledger answer"))
+/// This org's place among a grant's proxies: the on-chain commitment of
+/// the kfrag it holds.
+fn own_commitment<'a>(pre: &'a threshold::PreGrant, own: &str) -> ApiResult<&'a str> {
+    let index = pre
+        .proxies
+        .iter()
+        .position(|p| p == own)
+        .ok_or_else(|| ApiError::forbidden("this organisation is not a proxy of that grant"))?;
+    pre.kfrag_commitments
+        .get(index)
+        .map(String::as_str)
+        .ok_or_else(|| ApiError::bad_gateway("grant without a commitment for this proxy"))
 }
 
 /// Keeps one delivered kfrag after checking it against the on-chain grant.
@@ -115,7 +124,7 @@ pub async fn deliver(app: &AppState, req: &SignedRequest) -> ApiResult<DeliverKf
         })?;
     check_id("consent", &m.consent_id)?;
     // The grant as the ledger has it (readable by the proxies it names).
-    let consent: Value = parse(
+    let consent: Value = parse_json(
         &app.chain
             .evaluate(
                 &app.service,
@@ -134,15 +143,7 @@ pub async fn deliver(app: &AppState, req: &SignedRequest) -> ApiResult<DeliverKf
             "only the organisation that recorded the grant delivers its key fragments",
         ));
     }
-    let index = pre
-        .proxies
-        .iter()
-        .position(|p| p == own)
-        .ok_or_else(|| ApiError::forbidden("this organisation is not a proxy of that grant"))?;
-    let commitment = pre
-        .kfrag_commitments
-        .get(index)
-        .ok_or_else(|| ApiError::bad_gateway("grant without a commitment for this proxy"))?;
+    let commitment = own_commitment(&pre, own)?;
     let patient_id = consent["patient_id"]
         .as_str()
         .unwrap_or_default()
@@ -243,7 +244,7 @@ async fn capsule(app: &AppState, capsule_ref: &str) -> ApiResult<Vec<u8>> {
     let cid: ehr_ipfs::Cid = capsule_ref
         .parse()
         .map_err(|_| ApiError::bad_gateway("bad capsule reference on-chain"))?;
-    let blob = crate::pipeline::get_small(app.blobs.as_ref(), &cid, MAX_SEALED_BLOB)
+    let blob = crate::pipeline::get_small(app.blobs.as_ref(), &cid, MAX_SEALED_KEY_BYTES)
         .await
         .map_err(|_| ApiError::conflict("the record's sealed key is gone (erased or missing)"))?;
     capsule_of_blob(&blob).map_err(|_| ApiError::bad_gateway("malformed sealed key blob"))
@@ -267,12 +268,7 @@ pub async fn reencrypt(app: &AppState, req: &SignedRequest) -> ApiResult<CfragRe
             }
             other => other.into(),
         })?;
-    let index = g
-        .pre
-        .proxies
-        .iter()
-        .position(|p| p == own)
-        .ok_or_else(|| ApiError::forbidden("this organisation is not a proxy of that grant"))?;
+    let commitment = own_commitment(&g.pre, own)?;
     if let Err(e) = check_decision(
         &g.decision,
         g.current,
@@ -301,11 +297,6 @@ pub async fn reencrypt(app: &AppState, req: &SignedRequest) -> ApiResult<CfragRe
         ciphertext: serde_json::from_str(&held.sealed).map_err(ApiError::internal)?,
     };
     let keys = g.public_keys()?;
-    let commitment = g
-        .pre
-        .kfrag_commitments
-        .get(index)
-        .ok_or_else(|| ApiError::bad_gateway("grant without a commitment for this proxy"))?;
     let proxy_sk = pair.secret_key().map_err(ApiError::internal)?;
     let kfrag = open_kfrag(&proxy_sk, &sealed, keys.as_grant_keys(), commitment)
         .map_err(threshold_error)?;
@@ -328,7 +319,7 @@ pub async fn release(app: &AppState, req: &SignedRequest) -> ApiResult<CfragResp
         wire::open::<ReleaseRequest>(&app.proxy.msp, own, "Release", req, |m| m.header.as_ref())?;
     check_id("event", &m.event_id)?;
     check_id("record", &m.record_id)?;
-    let record: Value = parse(
+    let record: Value = parse_json(
         &app.chain
             .evaluate(
                 &app.service,
@@ -338,17 +329,12 @@ pub async fn release(app: &AppState, req: &SignedRequest) -> ApiResult<CfragResp
             .await?,
     )?;
     let patient_id = record["patient_id"].as_str().unwrap_or_default();
-    let patient = app.db.user_by_patient(patient_id).await?.ok_or_else(|| {
+    let prow = app.db.patient_identity(patient_id).await?.ok_or_else(|| {
         ApiError::not_found("the record's patient is not registered at this gateway")
     })?;
-    let prow = app
-        .db
-        .identity(&patient.user_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("patient without identity"))?;
     let psigner = crate::identity::signer(&prow, &app.kek).map_err(ApiError::internal)?;
     // The decision, read as the patient (who may always read their own log).
-    let ev: Value = parse(
+    let ev: Value = parse_json(
         &app.chain
             .evaluate(&psigner, "GetAccessEvent", &json!({"event_id": m.event_id}))
             .await?,
@@ -366,7 +352,7 @@ pub async fn release(app: &AppState, req: &SignedRequest) -> ApiResult<CfragResp
     )
     .inspect_err(|_| app.metrics.proxy_requests("Release", "refused"))?;
     if let Some(cid) = e["consent_id"].as_str() {
-        let consent: Value = parse(
+        let consent: Value = parse_json(
             &app.chain
                 .evaluate(&psigner, "GetConsent", &json!({"consent_id": cid}))
                 .await?,
@@ -379,16 +365,12 @@ pub async fn release(app: &AppState, req: &SignedRequest) -> ApiResult<CfragResp
         }
     }
     // The reader org's registered reader key (never a key from the request).
-    let reg: super::keys::RegisteredKeys = parse(
+    let reg: super::keys::RegisteredKeys = parse_json(
         &app.chain
             .evaluate(&app.service, "GetOrgKeys", &json!({"org": from_org}))
             .await?,
     )?;
-    let receiving = umbral_pre::PublicKey::try_from_compressed_bytes(&super::key_bytes(
-        "reader key",
-        &reg.reader_public_key,
-    )?)
-    .map_err(|_| ApiError::bad_gateway("malformed reader key on-chain"))?;
+    let receiving = super::chain_public_key("reader key", &reg.reader_public_key)?;
     let capsule = capsule(app, record["capsule_ref"].as_str().unwrap_or_default()).await?;
     let pkeys = crate::identity::umbral_keys(&prow, &app.kek).map_err(ApiError::internal)?;
     let cfrag = custodial_cfrag(&pkeys, &receiving, &capsule).map_err(threshold_error)?;
