@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use ehr_chaincode::contract::model::AccessEvent;
 use ehr_chaincode::contract::time::Time;
-use ehr_chaincode::contract::{ContractError, page, validate};
+use ehr_chaincode::contract::{ContractError, page};
 use ehr_chaincode::identity::{Identity, Role};
-use ehr_chaincode::stub::{MAX_UNICODE_RUNE, create_composite_key};
+use ehr_chaincode::stub::create_composite_key;
 use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
@@ -101,31 +101,12 @@ pub fn scope(caller: &Identity, q: &mut LogArgs) -> Result<Visibility, AuditErro
     })
 }
 
-/// Whether `v` lets its caller see `e` (the row-level half of [`scope`]).
-pub fn sees(v: &Visibility, e: &AccessEvent) -> bool {
-    match v {
-        Visibility::All => true,
-        Visibility::Patient { patient_id, org } => {
-            !patient_id.is_empty()
-                && e.patient_id.as_deref() == Some(patient_id.as_str())
-                && e.patient_org.as_deref() == Some(org.as_str())
-        }
-        Visibility::Actor { actor, org } => e.actor == *actor && e.actor_org == *org,
-        Visibility::Org(org) => e.actor_org == *org || e.patient_org.as_deref() == Some(org),
-    }
-}
-
 /// A page as `QueryAccessLog` answers it.
 #[derive(Debug, Serialize)]
 pub struct EventPage {
     pub events: Vec<AccessEvent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bookmark: Option<String>,
-}
-
-/// Which index the chaincode scans for `q`, with its key prefix attributes.
-fn index(q: &LogArgs) -> (&'static str, Vec<String>) {
-    ehr_chaincode::contract::audit::log_index(q)
 }
 
 fn key(object_type: &str, attrs: &[&str]) -> Result<String, AuditError> {
@@ -156,34 +137,17 @@ fn start_of(rest: &str) -> Start {
 
 /// Answers `QueryAccessLog` for `caller` from the projection.
 pub async fn query(db: &Db, caller: &Identity, mut q: LogArgs) -> Result<EventPage, AuditError> {
-    // The chaincode's order of checks, so the same input fails the same way.
-    for (field, v) in [
-        ("patient_id", &q.patient_id),
-        ("actor", &q.actor),
-        ("org", &q.org),
-    ] {
-        if let Some(v) = v {
-            validate::check_id(field, v)?;
-        }
-    }
-    let limit = page::limit(q.limit)?;
-    if let (Some(f), Some(t)) = (q.from, q.to)
-        && f >= t
-    {
-        return Err(AuditError::BadRequest("from must be before to".into()));
-    }
+    // The chaincode's own checks and key range, so the same input fails the
+    // same way and a bookmark means the same position.
+    let limit = ehr_chaincode::contract::audit::check_query(&q)?;
     let visibility = scope(caller, &mut q)?;
-    let (object_type, attrs) = index(&q);
-    let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
-    let prefix = key(object_type, &attrs)?;
-    let start = match q.from {
-        Some(f) => format!("{prefix}{}", f.sort_key()),
-        None => prefix.clone(),
-    };
-    let end = match q.to {
-        Some(t) => format!("{prefix}{}", t.sort_key()),
-        None => format!("{prefix}{MAX_UNICODE_RUNE}"),
-    };
+    let ehr_chaincode::contract::audit::KeyRange {
+        object_type,
+        attrs,
+        prefix,
+        start,
+        end,
+    } = ehr_chaincode::contract::audit::key_range(&q)?;
     let resume = match q.bookmark.as_deref() {
         Some(b) => {
             let k = page::decode_bookmark(b, &start, &end)?;
@@ -215,7 +179,10 @@ pub async fn query(db: &Db, caller: &Identity, mut q: LogArgs) -> Result<EventPa
     for r in rows {
         let e: AccessEvent = serde_json::from_str(&r.payload)
             .map_err(|e| AuditError::Corrupt(format!("event {}: {e}", r.event_id)))?;
-        if e.event_id != r.event_id || e.time.sort_key() != r.time_key || !sees(&visibility, &e) {
+        if e.event_id != r.event_id
+            || e.time.sort_key() != r.time_key
+            || !ehr_chaincode::contract::audit::visible(caller, &e)
+        {
             return Err(AuditError::Corrupt(format!(
                 "event {} does not match its columns",
                 r.event_id
@@ -225,7 +192,7 @@ pub async fn query(db: &Db, caller: &Identity, mut q: LogArgs) -> Result<EventPa
     }
     let bookmark = match next {
         Some(n) => {
-            let mut full = attrs.clone();
+            let mut full: Vec<&str> = attrs.iter().map(String::as_str).collect();
             full.push(&n.time_key);
             full.push(&n.event_id);
             Some(page::encode_bookmark(&key(object_type, &full)?))

@@ -147,24 +147,9 @@ pub fn scope_query(caller: &Identity, q: &mut QueryArgs) -> Result<(), ContractE
     Ok(())
 }
 
-/// The most selective index a (scoped) query can scan, with its key
-/// prefix attributes: patient, actor, org, break-glass, else time.
-pub fn log_index(q: &QueryArgs) -> (&'static str, Vec<String>) {
-    if let Some(p) = &q.patient_id {
-        (LOG_BY_PATIENT, vec![p.clone()])
-    } else if let Some(a) = &q.actor {
-        (LOG_BY_ACTOR, vec![a.clone()])
-    } else if let Some(o) = &q.org {
-        (LOG_BY_ORG, vec![o.clone()])
-    } else if q.break_glass == Some(true) {
-        (LOG_BREAK_GLASS, vec![])
-    } else {
-        (LOG_BY_TIME, vec![])
-    }
-}
-
-/// Queries the access log (see the module docs).
-pub(crate) fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, ContractError> {
+/// The checks a query passes before it is scoped, in the contract's
+/// order (ids, limit, time window); returns the page size.
+pub fn check_query(q: &QueryArgs) -> Result<usize, ContractError> {
     for (field, v) in [
         ("patient_id", &q.patient_id),
         ("actor", &q.actor),
@@ -180,11 +165,26 @@ pub(crate) fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, Cont
     {
         return Err(ContractError::invalid("from must be before to"));
     }
-    let caller = ctx.caller.clone();
-    scope_query(&caller, &mut q)?;
-    let (object_type, prefix_attrs) = log_index(&q);
-    let prefix_attrs: Vec<&str> = prefix_attrs.iter().map(String::as_str).collect();
-    let prefix = store::key(object_type, &prefix_attrs)?;
+    Ok(limit)
+}
+
+/// The keys a scoped query scans: the index (object type and prefix
+/// attributes), its key prefix, and the range `[start, end)` within it
+/// that `from` (inclusive) and `to` (exclusive) bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub object_type: &'static str,
+    pub attrs: Vec<String>,
+    pub prefix: String,
+    pub start: String,
+    pub end: String,
+}
+
+/// The [`KeyRange`] of a scoped query.
+pub fn key_range(q: &QueryArgs) -> Result<KeyRange, ContractError> {
+    let (object_type, attrs) = log_index(q);
+    let refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+    let prefix = store::key(object_type, &refs)?;
     let start = match q.from {
         Some(f) => format!("{prefix}{}", f.sort_key()),
         None => prefix.clone(),
@@ -193,6 +193,37 @@ pub(crate) fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, Cont
         Some(t) => format!("{prefix}{}", t.sort_key()),
         None => format!("{prefix}{MAX_UNICODE_RUNE}"),
     };
+    Ok(KeyRange {
+        object_type,
+        attrs,
+        prefix,
+        start,
+        end,
+    })
+}
+
+/// The most selective index a (scoped) query can scan, with its key
+/// prefix attributes: patient, actor, org, break-glass, else time.
+fn log_index(q: &QueryArgs) -> (&'static str, Vec<String>) {
+    if let Some(p) = &q.patient_id {
+        (LOG_BY_PATIENT, vec![p.clone()])
+    } else if let Some(a) = &q.actor {
+        (LOG_BY_ACTOR, vec![a.clone()])
+    } else if let Some(o) = &q.org {
+        (LOG_BY_ORG, vec![o.clone()])
+    } else if q.break_glass == Some(true) {
+        (LOG_BREAK_GLASS, vec![])
+    } else {
+        (LOG_BY_TIME, vec![])
+    }
+}
+
+/// Queries the access log (see the module docs).
+pub(crate) fn query(ctx: &mut Ctx<'_>, mut q: QueryArgs) -> Result<Vec<u8>, ContractError> {
+    let limit = check_query(&q)?;
+    let caller = ctx.caller.clone();
+    scope_query(&caller, &mut q)?;
+    let KeyRange { start, end, .. } = key_range(&q)?;
     let (events, bookmark) =
         page::scan(ctx.stub, &start, &end, q.bookmark.as_deref(), limit, |kv| {
             let e: AccessEvent = store::decode(&kv.key, &kv.value)?;
