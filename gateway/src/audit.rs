@@ -105,6 +105,9 @@ pub fn scope(caller: &Identity, q: &mut LogArgs) -> Result<Visibility, AuditErro
 #[derive(Debug, Serialize)]
 pub struct EventPage {
     pub events: Vec<AccessEvent>,
+    /// The block of each event (not part of the chaincode's page).
+    #[serde(skip)]
+    pub blocks: Vec<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bookmark: Option<String>,
 }
@@ -176,6 +179,7 @@ pub async fn query(db: &Db, caller: &Identity, mut q: LogArgs) -> Result<EventPa
         None
     };
     let mut events = Vec::with_capacity(rows.len());
+    let blocks = rows.iter().map(|r| r.block).collect();
     for r in rows {
         let e: AccessEvent = serde_json::from_str(&r.payload)
             .map_err(|e| AuditError::Corrupt(format!("event {}: {e}", r.event_id)))?;
@@ -199,7 +203,11 @@ pub async fn query(db: &Db, caller: &Identity, mut q: LogArgs) -> Result<EventPa
         }
         None => None,
     };
-    Ok(EventPage { events, bookmark })
+    Ok(EventPage {
+        events,
+        blocks,
+        bookmark,
+    })
 }
 
 /// The JSON string a unit enum serializes to (`allow`, `TREAT`).

@@ -1059,46 +1059,42 @@ async fn access_log_page(
     args: &Value,
     source: LogSource,
 ) -> ApiResult<(Value, &'static str)> {
-    let (mut page, source) = match source {
-        LogSource::Auto => match from_projection(app, c, args).await? {
-            Some(page) => (page, "projection"),
-            None => (ledger_log_page(app, c, args).await?, "ledger"),
-        },
-        _ => (ledger_log_page(app, c, args).await?, "ledger"),
-    };
-    add_blocks(app, &mut page).await?;
-    Ok((page, source))
-}
-
-async fn ledger_log_page(app: &AppState, c: &Caller, args: &Value) -> ApiResult<Value> {
-    parse_json(
+    if source == LogSource::Auto
+        && let Some(page) = from_projection(app, c, args).await?
+    {
+        return Ok((page, "projection"));
+    }
+    let mut page: Value = parse_json(
         &app.chain
             .evaluate(&c.signer, "QueryAccessLog", args)
             .await?,
-    )
-}
-
-/// Adds each event's `block` (API.md) from the projection; an event not
-/// projected yet (a ledger answer ahead of it) goes without.
-async fn add_blocks(app: &AppState, page: &mut Value) -> ApiResult<()> {
-    let Some(events) = page.get_mut("events").and_then(Value::as_array_mut) else {
-        return Ok(());
-    };
-    let ids: Vec<String> = events
-        .iter()
+    )?;
+    // The chaincode does not know blocks: take them from the projection.
+    let ids: Vec<String> = page
+        .get("events")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.get("tx_id").and_then(Value::as_str).map(str::to_owned))
         .collect();
     let blocks = app.db.blocks_of(&ids).await?;
-    for e in events.iter_mut() {
-        let b = e
-            .get("tx_id")
-            .and_then(Value::as_str)
-            .and_then(|t| blocks.get(t).copied());
-        if let (Some(b), Some(obj)) = (b, e.as_object_mut()) {
+    put_blocks(&mut page, |_, tx| blocks.get(tx).copied());
+    Ok((page, "ledger"))
+}
+
+/// Adds each event's `block` (API.md): `block_of(index, tx_id)`; an event
+/// whose block is unknown (a ledger answer ahead of the projection) goes
+/// without.
+fn put_blocks(page: &mut Value, block_of: impl Fn(usize, &str) -> Option<i64>) {
+    let Some(events) = page.get_mut("events").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (i, e) in events.iter_mut().enumerate() {
+        let tx = e.get("tx_id").and_then(Value::as_str).unwrap_or_default();
+        if let (Some(b), Some(obj)) = (block_of(i, tx), e.as_object_mut()) {
             obj.insert("block".into(), b.into());
         }
     }
-    Ok(())
 }
 
 /// The projection's answer; `None` (logged) when it cannot answer exactly
@@ -1135,9 +1131,9 @@ async fn from_projection(app: &AppState, c: &Caller, args: &Value) -> ApiResult<
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "audit query answered by the projection"
             );
-            Ok(Some(
-                serde_json::to_value(page).map_err(ApiError::internal)?,
-            ))
+            let mut v = serde_json::to_value(&page).map_err(ApiError::internal)?;
+            put_blocks(&mut v, |i, _| page.blocks.get(i).copied());
+            Ok(Some(v))
         }
         Err(e) => match to_api(e) {
             Ok(api) => Err(api),

@@ -54,11 +54,12 @@ pub struct LogQuery {
     pub limit: i64,
 }
 
-/// One access-log row: its ordering position and the entry JSON.
+/// One access-log row: its ordering position, block and the entry JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRow {
     pub time_key: String,
     pub event_id: String,
+    pub block: i64,
     /// The event payload (the full entry plus `allowed`).
     pub payload: String,
 }
@@ -85,6 +86,7 @@ impl Db {
                 Ok(LogRow {
                     time_key: r.try_get("time_key")?,
                     event_id: r.try_get("event_id")?,
+                    block: r.try_get("block")?,
                     payload: r.try_get("payload")?,
                 })
             })
@@ -159,8 +161,9 @@ fn log_sql(q: &LogQuery, backend: super::Backend) -> (String, Vec<Arg>) {
         super::Backend::Sqlite => format!(" INDEXED BY {}", access_path(q)),
         super::Backend::Postgres => String::new(),
     };
-    let mut sql =
-        format!("SELECT time_key, event_id, payload FROM ledger_events{hint} WHERE {IS_DECISION}");
+    let mut sql = format!(
+        "SELECT time_key, event_id, block, payload FROM ledger_events{hint} WHERE {IS_DECISION}"
+    );
     let mut args: Vec<Arg> = Vec::new();
     let bind = |args: &mut Vec<Arg>, v: &str| {
         args.push(Arg::Text(v.to_owned()));
