@@ -126,39 +126,12 @@ impl FabricChain {
 /// projection that far behind is catching up; the caller then waits).
 const EVENT_SCAN_BLOCKS: u64 = 64;
 
-/// `height` (field 1, varint) of a `common.BlockchainInfo` (qscc
-/// `GetChainInfo`'s answer), read without the full message type.
-fn blockchain_info_height(mut b: &[u8]) -> Option<u64> {
-    fn varint(b: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = b.split_first()?;
-            *b = rest;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    while !b.is_empty() {
-        let key = varint(&mut b)?;
-        let skip = match key & 7 {
-            0 => {
-                let v = varint(&mut b)?;
-                if key >> 3 == 1 {
-                    return Some(v);
-                }
-                0
-            }
-            1 => 8,
-            2 => usize::try_from(varint(&mut b)?).ok()?,
-            5 => 4,
-            _ => return None,
-        };
-        b = b.get(skip..)?;
-    }
-    Some(0)
+/// The `height` of a `common.BlockchainInfo` (qscc `GetChainInfo`'s answer).
+fn blockchain_info_height(b: &[u8]) -> Option<u64> {
+    use prost::Message;
+    ehr_proto::common::BlockchainInfo::decode(b)
+        .ok()
+        .map(|i| i.height)
 }
 
 /// A peer that cannot reach (or launch) the chaincode: the ledger is

@@ -1088,45 +1088,28 @@ fn apply_block(state: &mut WorldState, b: &Block, pvt: &[TxPvtData]) {
     }
 }
 
-/// A `common.BlockchainInfo` (height = 1, current_block_hash = 2,
-/// previous_block_hash = 3) for a chain of header hashes, encoded by hand.
+/// The `common.BlockchainInfo` of a chain of header hashes.
 fn blockchain_info(hashes: &[[u8; 32]]) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    let mut out = Vec::with_capacity(80);
-    if !hashes.is_empty() {
-        out.push(0x08);
-        varint(&mut out, hashes.len() as u64);
-    }
     let n = hashes.len();
-    for (tag, h) in [(0x12u8, n.checked_sub(1)), (0x1a, n.checked_sub(2))] {
-        if let Some(h) = h.and_then(|i| hashes.get(i)) {
-            out.push(tag);
-            out.push(32);
-            out.extend_from_slice(h);
-        }
+    let hash = |back: usize| {
+        n.checked_sub(back)
+            .and_then(|i| hashes.get(i))
+            .map(|h| h.to_vec())
+            .unwrap_or_default()
+    };
+    ehr_proto::common::BlockchainInfo {
+        height: n as u64,
+        current_block_hash: hash(1),
+        previous_block_hash: hash(2),
+        bootstrapping_snapshot_info: None,
     }
-    out
+    .encode_to_vec()
 }
 
 #[cfg(test)]
 mod qscc_tests {
     use super::blockchain_info;
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct BlockchainInfo {
-        #[prost(uint64, tag = "1")]
-        height: u64,
-        #[prost(bytes = "vec", tag = "2")]
-        current_block_hash: Vec<u8>,
-        #[prost(bytes = "vec", tag = "3")]
-        previous_block_hash: Vec<u8>,
-    }
+    use ehr_proto::common::BlockchainInfo;
 
     #[test]
     fn blockchain_info_is_fabrics_message() {
