@@ -576,26 +576,33 @@ fn title_context(record_id: &str) -> String {
     format!("record-title:{record_id}")
 }
 
-/// Adds `title` to a record's metadata when this gateway keeps one (the
-/// patient's home gateway, for uploads made there).
-async fn with_title(app: &AppState, record: &mut Value) -> ApiResult<()> {
-    let Some(record_id) = record
-        .get("record_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
-        return Ok(());
+/// Adds `title` to each record's metadata for which this gateway keeps one
+/// (the patient's home gateway, for uploads made there): one query.
+async fn add_titles(app: &AppState, records: &mut [Value]) -> ApiResult<()> {
+    let id_of = |r: &Value| {
+        r.get("record_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     };
-    let Some(sealed) = app.db.title(&record_id).await? else {
-        return Ok(());
-    };
-    match app.kek.open(&title_context(&record_id), &sealed) {
-        Ok(plain) => {
-            if let (Ok(t), Some(obj)) = (std::str::from_utf8(&plain), record.as_object_mut()) {
-                obj.insert("title".into(), t.into());
+    let ids: Vec<String> = records.iter().filter_map(id_of).collect();
+    let sealed = app.db.titles(&ids).await?;
+    for r in records.iter_mut() {
+        let Some(record_id) = id_of(r) else {
+            continue;
+        };
+        let Some(s) = sealed.get(&record_id) else {
+            continue;
+        };
+        match app.kek.open(&title_context(&record_id), s) {
+            Ok(plain) => {
+                if let (Ok(t), Some(obj)) = (std::str::from_utf8(&plain), r.as_object_mut()) {
+                    obj.insert("title".into(), t.into());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%record_id, error = %e, "stored title does not open; left out")
             }
         }
-        Err(e) => tracing::warn!(%record_id, error = %e, "stored title does not open; left out"),
     }
     Ok(())
 }
@@ -614,9 +621,7 @@ pub async fn list_records(
     let args = page_args(json!({"patient_id": patient_id}), &p)?;
     let mut page: Value = parse_json(&app.chain.evaluate(&c.signer, "ListRecords", &args).await?)?;
     if let Some(records) = page.get_mut("records").and_then(Value::as_array_mut) {
-        for r in records {
-            with_title(&app, r).await?;
-        }
+        add_titles(&app, records).await?;
     }
     Ok(Json(page))
 }
@@ -636,7 +641,7 @@ pub async fn get_record(
             .evaluate(&c.signer, "GetRecord", &json!({"record_id": record_id}))
             .await?,
     )?;
-    with_title(&app, &mut record).await?;
+    add_titles(&app, std::slice::from_mut(&mut record)).await?;
     Ok(Json(record))
 }
 

@@ -145,18 +145,17 @@ impl Db {
     }
 
     /// The block of each projected transaction among `tx_ids` (those not
-    /// projected yet are absent). Batches of 200 ids per query.
+    /// projected yet are absent).
     pub async fn blocks_of(
         &self,
         tx_ids: &[String],
     ) -> Result<std::collections::HashMap<String, i64>, DbError> {
         use sqlx::Row;
         let mut out = std::collections::HashMap::new();
-        for chunk in tx_ids.chunks(200) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        for chunk in tx_ids.chunks(super::IN_BATCH) {
             let sql = format!(
                 "SELECT DISTINCT tx_id, block FROM ledger_events WHERE tx_id IN ({})",
-                marks.join(", ")
+                super::placeholders(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {

@@ -187,6 +187,17 @@ impl Db {
     }
 }
 
+/// `$1, $2, …, $n`: the placeholders of an `IN (…)` list of `n` values.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many values one `IN (…)` query binds at most.
+pub(crate) const IN_BATCH: usize = 200;
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()

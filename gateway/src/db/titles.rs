@@ -22,11 +22,32 @@ impl Db {
 
     /// A record's sealed title.
     pub async fn title(&self, record_id: &str) -> Result<Option<Vec<u8>>, DbError> {
-        let row = sqlx::query("SELECT title_sealed FROM record_titles WHERE record_id = $1")
-            .bind(record_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| r.try_get("title_sealed")).transpose()?)
+        Ok(self
+            .titles(&[record_id.to_owned()])
+            .await?
+            .remove(record_id))
+    }
+
+    /// The sealed titles of those of `record_ids` that have one.
+    pub async fn titles(
+        &self,
+        record_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, DbError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in record_ids.chunks(super::IN_BATCH) {
+            let sql = format!(
+                "SELECT record_id, title_sealed FROM record_titles WHERE record_id IN ({})",
+                super::placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for r in q.fetch_all(self.pool()).await? {
+                out.insert(r.try_get("record_id")?, r.try_get("title_sealed")?);
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets a record's title (its upload failed).
