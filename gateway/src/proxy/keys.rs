@@ -86,9 +86,29 @@ impl OrgKeys {
     }
 }
 
-/// A stored pair of `purpose` by public key (hex, no prefix): the active
-/// one or an older one that grants may still name.
-pub async fn pair_for(
+/// The secret key of this org's `purpose` pair whose public key is
+/// `public_hex` (hex, no prefix): the active pair from memory, an older one
+/// (that grants may still name) from the database; `None` if there is none.
+pub async fn secret_for(
+    app: &crate::api::AppState,
+    purpose: KeyPurpose,
+    public_hex: &str,
+) -> ApiResult<Option<umbral_pre::SecretKey>> {
+    let active = match purpose {
+        KeyPurpose::Reader => &app.proxy.keys.reader,
+        KeyPurpose::Proxy => &app.proxy.keys.proxy,
+    };
+    if hex::encode(&active.public) == public_hex {
+        return active.secret_key().map(Some).map_err(ApiError::internal);
+    }
+    match pair_for(&app.db, &app.kek, purpose, public_hex).await? {
+        Some(p) => p.secret_key().map(Some).map_err(ApiError::internal),
+        None => Ok(None),
+    }
+}
+
+/// A stored pair of `purpose` by public key (hex, no prefix).
+async fn pair_for(
     db: &Db,
     kek: &Kek,
     purpose: KeyPurpose,

@@ -151,12 +151,10 @@ pub async fn dek(
     }
 }
 
-async fn reader_pair(
-    app: &AppState,
-    grantee_key: &str,
-) -> ApiResult<crate::crypto::sealer::UmbralKeyPair> {
+/// The secret of the reader key a grant was made to.
+async fn reader_secret(app: &AppState, grantee_key: &str) -> ApiResult<umbral_pre::SecretKey> {
     let hexk = hex::encode(key_bytes("grantee key", grantee_key)?);
-    super::keys::pair_for(&app.db, &app.kek, KeyPurpose::Reader, &hexk)
+    super::keys::secret_for(app, KeyPurpose::Reader, &hexk)
         .await?
         .ok_or_else(|| {
             ApiError::conflict(
@@ -167,8 +165,7 @@ async fn reader_pair(
 
 /// t of n proxies.
 async fn threshold_dek(app: &AppState, g: &PreGrantView, sealed: &SealedKey) -> ApiResult<Dek> {
-    let reader = reader_pair(app, &g.pre.grantee_public_key).await?;
-    let reader_sk = secret_key_of(&reader).map_err(ApiError::internal)?;
+    let reader_sk = reader_secret(app, &g.pre.grantee_public_key).await?;
     let keys = g.public_keys()?;
     let capsule =
         capsule_of(sealed).map_err(|_| ApiError::bad_gateway("malformed sealed key blob"))?;

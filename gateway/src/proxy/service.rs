@@ -289,7 +289,7 @@ pub async fn reencrypt(app: &AppState, req: &SignedRequest) -> ApiResult<CfragRe
     let held = app.db.held_kfrag(&g.consent_id).await?.ok_or_else(|| {
         ApiError::conflict("this proxy holds no key fragment for that grant (not delivered yet?)")
     })?;
-    let pair = super::keys::pair_for(&app.db, &app.kek, KeyPurpose::Proxy, &held.proxy_public_key)
+    let proxy_sk = super::keys::secret_for(app, KeyPurpose::Proxy, &held.proxy_public_key)
         .await?
         .ok_or_else(|| ApiError::internal("held kfrag sealed to an unknown proxy key"))?;
     let sealed = SealedKfrag {
@@ -297,7 +297,6 @@ pub async fn reencrypt(app: &AppState, req: &SignedRequest) -> ApiResult<CfragRe
         ciphertext: serde_json::from_str(&held.sealed).map_err(ApiError::internal)?,
     };
     let keys = g.public_keys()?;
-    let proxy_sk = pair.secret_key().map_err(ApiError::internal)?;
     let kfrag = open_kfrag(&proxy_sk, &sealed, keys.as_grant_keys(), commitment)
         .map_err(threshold_error)?;
     let capsule = capsule(app, &g.capsule_ref).await?;
