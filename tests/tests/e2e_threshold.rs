@@ -57,7 +57,7 @@ impl World {
             |cfg| {
                 cfg.advertise.insert(A.into(), ua);
                 cfg.advertise.insert(C.into(), uc);
-                cfg.proxy.timeout = Duration::from_secs(1);
+                cfg.proxy.timeout = Duration::from_secs(3);
             },
         )
         .await?
@@ -281,7 +281,7 @@ async fn threshold_sharing_across_three_hospitals() -> Result<()> {
         "{msg}"
     );
 
-    // 4. A hanging proxy times out (1 s here) instead of blocking the read.
+    // 4. A hanging proxy times out (3 s here) instead of blocking the read.
     w.adv_c.set(Mode::Hang);
     let t0 = std::time::Instant::now();
     let (s, _, err) = w.cardio_reads(&rid).await?;
@@ -297,7 +297,7 @@ async fn threshold_sharing_across_three_hospitals() -> Result<()> {
     assert!(err.contains("bad cfrag: hospital-c"), "{err}");
     // With the other proxy back (answering after the malicious one), the
     // bad cfrag is refused and the good one used: the exact bytes.
-    w.adv_a.set(Mode::Slow(Duration::from_millis(300)));
+    w.adv_a.set(Mode::Slow(Duration::from_millis(1500)));
     let (s, body, err) = w.cardio_reads(&rid).await?;
     assert_eq!(s, 200, "{err}");
     assert!(body == data);
