@@ -377,11 +377,10 @@ mod tests {
     }
 
     /// The same round trip against a real IPFS node when `IPFS_API_URL` is
-    /// set (the end-to-end suite covers it under CI).
+    /// set (required under `CI=true`).
     #[tokio::test]
     async fn roundtrip_through_a_real_ipfs_node_when_available() {
-        let Ok(url) = std::env::var("IPFS_API_URL") else {
-            eprintln!("SKIPPED: IPFS_API_URL not set");
+        let Some(url) = crate::db::testdb::service_url("IPFS_API_URL", "http") else {
             return;
         };
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -470,14 +470,10 @@ mod tests {
 
     /// PostgreSQL plans by statistics: after ANALYZE, the selective access
     /// paths use their index. Runs when `DATABASE_URL` names a PostgreSQL
-    /// server (a fresh schema, dropped after).
+    /// server (a fresh schema, dropped after); under `CI=true` it must.
     #[tokio::test]
     async fn postgres_uses_the_indexes_too() {
-        let Some(url) = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| u.starts_with("postgres"))
-        else {
-            eprintln!("SKIPPED: DATABASE_URL does not name a PostgreSQL server");
+        let Some(url) = crate::db::testdb::service_url("DATABASE_URL", "postgres") else {
             return;
         };
         let schema = format!("ehr_logtest_{}", hex::encode(rand::random::<[u8; 4]>()));

@@ -207,6 +207,22 @@ pub fn now_secs() -> i64 {
 pub(crate) mod testdb {
     use super::*;
 
+    /// A service URL for a unit test from `var`; `None` (said loudly) when it
+    /// is unset or does not start with `scheme`, a panic under `CI=true`:
+    /// there a missing service is a failure, never a skip.
+    pub fn service_url(var: &str, scheme: &str) -> Option<String> {
+        match std::env::var(var) {
+            Ok(u) if u.starts_with(scheme) => Some(u),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("{var} does not name a {scheme} service but CI=true: this test needs it")
+            }
+            _ => {
+                eprintln!("SKIPPED: {var} does not name a {scheme} service");
+                None
+            }
+        }
+    }
+
     /// A fresh SQLite database in a temp dir (kept alive by the returned guard).
     pub async fn sqlite() -> (Db, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
